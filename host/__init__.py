@@ -1,0 +1,12 @@
+"""cimstack: an FPGA-targeted emulator of a memristor computation-in-memory accelerator.
+
+The host API. ``cimstack.config`` holds the chip configuration every layer reads,
+``cimstack.golden`` the bit-exact integer model of the RTL datapath, ``cimstack.physics`` the
+differentiable float model of the devices, ``cimstack.rtl`` the Amaranth gateware.
+"""
+from .config import ChipConfig, load, preset, PRESETS
+from .errors import CimstackError, ConfigError, InputRangeError, SimulationError
+
+__all__ = ["ChipConfig", "load", "preset", "PRESETS",
+           "CimstackError", "ConfigError", "InputRangeError", "SimulationError"]
+__version__ = "0.1.0"
