@@ -1,0 +1,25 @@
+"""Verilog generation: elaborate the Amaranth gateware for a config and write it under build/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from cimstack.config import ChipConfig
+from cimstack.rtl import CimTile
+
+__all__ = ["tile_verilog", "write_tile_verilog", "TILE_TOP"]
+
+TILE_TOP = "cim_tile"
+
+
+def tile_verilog(cfg: ChipConfig, tile: int = 0) -> str:
+    return verilog.convert(CimTile(cfg, tile), name=TILE_TOP)
+
+
+def write_tile_verilog(cfg: ChipConfig, out_dir: str | Path = "build/gen", tile: int = 0) -> Path:
+    """Write ``<out_dir>/<config name>/cim_tile.v`` and return its path."""
+    path = Path(out_dir) / cfg.name / f"{TILE_TOP}.v"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tile_verilog(cfg, tile))
+    return path

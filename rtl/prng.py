@@ -1,0 +1,25 @@
+"""Hardware twin of :mod:`cimstack.prng`: xorshift32 generators and the Irwin-Hall Gaussian."""
+from amaranth import *
+
+from cimstack import prng as ref
+
+__all__ = ["xorshift32_next", "irwin_hall", "reseed_value"]
+
+
+def xorshift32_next(x: Value) -> Value:
+    """Combinational next state of a 32-bit xorshift (13, 17, 5)."""
+    a = (x ^ (x << 13))[:32]
+    b = a ^ (a >> 17)
+    return (b ^ (b << 5))[:32]
+
+
+def irwin_hall(x: Value) -> Value:
+    """Signed sum of the four bytes of ``x`` minus 510, in [-510, 510]."""
+    s = x[0:8] + x[8:16] + x[16:24] + x[24:32]
+    return (s - 510).as_signed()
+
+
+def reseed_value(seed: Value, index: int) -> Value:
+    """Initial state of stream ``index`` for a run-time ``seed`` (see :func:`cimstack.prng.seed_state`)."""
+    s = (seed * ref.SEED_MUL)[:32] ^ ((index + 1) * ref.INDEX_MUL & ref.MASK32)
+    return Mux(s == 0, ref.ZERO_SEED, s)

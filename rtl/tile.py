@@ -1,0 +1,523 @@
+"""One crossbar tile: DAC controller, crossbar macro, ADC controller, shift-accumulator and
+post-processing, plus the cell-update path that write-verify drives.
+
+Every block elaborates from a :class:`~cimstack.config.ChipConfig`; the arithmetic is exactly
+that of :class:`cimstack.golden.GoldenTile` (its docstring is the specification).
+
+Data path of one VMM (``x`` beats in, ``y`` beats out)::
+
+    x ─► DacController ─digits─► CrossbarMacro ─lane sums─► AdcController ─codes─►
+         ShiftAccumulator ─columns─► PostProcessor ─► y
+"""
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from cimstack import prng as ref_prng
+from cimstack.config import NOISE_FRAC_BITS, ChipConfig
+
+from .prng import irwin_hall, reseed_value, xorshift32_next
+
+__all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftAccumulator",
+           "PostProcessor", "Layouts"]
+
+
+def _bits_for(n: int) -> int:
+    """Unsigned width that can count 0 .. n-1 (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def _round_shift(v: Value, n: int) -> Value:
+    """Hardware twin of :func:`cimstack.prng.round_shift` (add half, arithmetic shift)."""
+    if n == 0:
+        return v
+    return (v + (1 << (n - 1))) >> n
+
+
+def _clamp(v: Value, lo: int, hi: int) -> Value:
+    return Mux(v < lo, lo, Mux(v > hi, hi, v))
+
+
+class Layouts:
+    """The stream payload layouts of a tile, derived from one config."""
+
+    def __init__(self, cfg: ChipConfig):
+        dp, a = cfg.datapath, cfg.array
+        self.cfg = cfg
+        self.lanes = a.mac_lanes
+        self.entry_bits = dp.state_bits + 2
+        self.word_bits = a.mac_lanes * dp.cells_per_unit * self.entry_bits
+        self.depth = dp.groups * a.rows
+        self.addr_bits = _bits_for(max(self.depth, a.cols))
+        self.row_bits = _bits_for(a.rows)
+        self.group_bits = _bits_for(dp.groups)
+        self.pulse_bits = _bits_for(dp.pulses)
+        self.col_bits = _bits_for(a.cols)
+        self.digit_bits = max(2, (max(-dp.digit_min, dp.digit_max)).bit_length() + 1)
+        self.post_word_bits = cfg.post.bias_bits + cfg.post.scale_bits
+
+        self.load = data.StructLayout({
+            "data": max(self.word_bits, self.post_word_bits),
+            "addr": self.addr_bits,
+            "target": 1,                       # 0: crossbar word, 1: post-processing (bias, scale)
+        })
+        self.digit = data.StructLayout({
+            "digit": signed(self.digit_bits), "row": self.row_bits, "pulse": self.pulse_bits,
+            "group": self.group_bits, "last_row": 1, "last_pulse": 1,
+        })
+        self.sums = data.StructLayout({
+            "sums": data.ArrayLayout(signed(dp.sum_bits), a.mac_lanes),
+            "pulse": self.pulse_bits, "group": self.group_bits, "last_pulse": 1,
+        })
+        self.codes = data.StructLayout({
+            "codes": data.ArrayLayout(signed(cfg.adc.bits), a.mac_lanes),
+            "pulse": self.pulse_bits, "group": self.group_bits, "last_pulse": 1,
+        })
+        self.column = data.StructLayout({"value": signed(dp.acc_bits), "col": self.col_bits})
+        self.output = data.StructLayout({"value": signed(cfg.post.out_bits), "col": self.col_bits})
+        self.pulse = data.StructLayout({
+            "row": self.row_bits, "group": self.group_bits, "lane": _bits_for(a.mac_lanes),
+            "cell": 1, "polarity": 1, "amplitude": 8,
+        })
+
+
+class DacController(wiring.Component):
+    """Buffers one input vector and expands it into signed pulse digits, row by row.
+
+    Beat order: group, then pulse, then row (the crossbar re-reads the inputs once per group).
+    """
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg, self.lay = cfg, Layouts(cfg)
+        super().__init__({
+            "x": In(stream.Signature(signed(cfg.input.bits))),
+            "digits": Out(stream.Signature(self.lay.digit)),
+            "running": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, dp, lay = self.cfg, self.cfg.datapath, self.lay
+        rows, bits = cfg.array.rows, cfg.input.bits
+        m.submodules.buf = buf = memory.Memory(shape=signed(bits), depth=rows, init=[])
+        wr, rd = buf.write_port(), buf.read_port()
+
+        load_row = Signal(range(rows))
+        g = Signal(range(max(2, dp.groups)))
+        p = Signal(range(max(2, dp.pulses)))
+        r = Signal(range(max(2, rows)))
+        out_valid = Signal()
+        meta = Signal(lay.digit)
+
+        m.d.comb += [
+            self.x.ready.eq(~self.running),
+            wr.addr.eq(load_row), wr.data.eq(self.x.payload), wr.en.eq(self.x.valid & self.x.ready),
+        ]
+        with m.If(self.x.valid & self.x.ready):
+            with m.If(load_row == rows - 1):
+                m.d.sync += [load_row.eq(0), self.running.eq(1), g.eq(0), p.eq(0), r.eq(0)]
+            with m.Else():
+                m.d.sync += load_row.eq(load_row + 1)
+
+        advance = ~out_valid | self.digits.ready
+        m.d.comb += [rd.en.eq(advance), rd.addr.eq(r)]
+        last_row, last_pulse, last_group = r == rows - 1, p == dp.pulses - 1, g == dp.groups - 1
+        with m.If(advance):
+            m.d.sync += out_valid.eq(self.running)
+            with m.If(self.running):
+                m.d.sync += [meta.row.eq(r), meta.pulse.eq(p), meta.group.eq(g),
+                             meta.last_row.eq(last_row), meta.last_pulse.eq(last_pulse)]
+                with m.If(~last_row):
+                    m.d.sync += r.eq(r + 1)
+                with m.Else():
+                    m.d.sync += r.eq(0)
+                    with m.If(~last_pulse):
+                        m.d.sync += p.eq(p + 1)
+                    with m.Else():
+                        m.d.sync += p.eq(0)
+                        with m.If(~last_group):
+                            m.d.sync += g.eq(g + 1)
+                        with m.Else():
+                            m.d.sync += [g.eq(0), self.running.eq(0)]
+
+        # digit of the buffered input for the latched pulse
+        xv = rd.data
+        digit = Signal(signed(lay.digit_bits))
+        if cfg.input.mode == "unary":
+            mag = Mux(xv < 0, -xv, xv)
+            m.d.comb += digit.eq(Mux(mag > meta.pulse, Mux(xv < 0, -1, 1), 0))
+        else:
+            db = cfg.input.dac_bits
+            shifted = xv >> (meta.pulse * db)                 # arithmetic: xv is signed
+            with m.If(meta.last_pulse):
+                m.d.comb += digit.eq(shifted)
+            with m.Else():
+                m.d.comb += digit.eq(shifted.as_unsigned()[:db])
+        m.d.comb += [self.digits.valid.eq(out_valid), self.digits.payload.eq(meta),
+                     self.digits.payload.digit.eq(digit)]
+        return m
+
+
+class CrossbarMacro(wiring.Component):
+    """Conductance states in block RAM and ``mac_lanes`` multiply-accumulate lanes.
+
+    A memory word holds, for one row and one group of lanes, every cell's state and stuck flag
+    (layout of :meth:`cimstack.golden.GoldenTile.memory_image`). A VMM streams digits in; the
+    lanes accumulate ``digit * (code+ - code-)`` over the rows and emit one lane-sum vector
+    per (group, pulse). When no VMM runs, ``load`` writes words and ``pulse`` applies a
+    programming pulse to one cell (read-modify-write, soft-bounds step plus PRNG noise).
+    """
+
+    def __init__(self, cfg: ChipConfig, tile: int = 0):
+        self.cfg, self.tile, self.lay = cfg, tile, Layouts(cfg)
+        lay = self.lay
+        super().__init__({
+            "digits": In(stream.Signature(lay.digit)),
+            "sums": Out(stream.Signature(lay.sums)),
+            "load": In(stream.Signature(data.StructLayout({"data": lay.word_bits, "addr": lay.addr_bits}))),
+            "pulse": In(stream.Signature(lay.pulse)),
+            "pulse_done": Out(stream.Signature(cfg.datapath.state_bits)),
+            "vmm_busy": In(1),
+            "reseed": In(1),
+            "seed": In(32),
+        })
+
+    def _lane_diff(self, m: Module, word: Value, lane: int) -> Value:
+        dp, E = self.cfg.datapath, self.lay.entry_bits
+        frac = self.cfg.cell.frac_bits
+        codes = []
+        for c in range(dp.cells_per_unit):
+            entry = word[(lane * dp.cells_per_unit + c) * E:][:E]
+            state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
+            code = Mux(stuck[1], dp.code_max, Mux(stuck[0], 0, state[frac:]))
+            codes.append(code)
+        neg = codes[1] if dp.cells_per_unit == 2 else dp.ref_code
+        diff = Signal(signed(self.cfg.cell.cell_bits + 2), name=f"diff{lane}")
+        m.d.comb += diff.eq(codes[0] - neg)
+        return diff
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, dp, lay = self.cfg, self.cfg.datapath, self.lay
+        rows, lanes = cfg.array.rows, cfg.array.mac_lanes
+        m.submodules.mem = mem = memory.Memory(shape=lay.word_bits, depth=lay.depth, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+
+        # ---- VMM: two-stage pipeline (address, then multiply-accumulate) ---------------
+        s1_valid = Signal()
+        s1 = Signal(lay.digit)
+        acc = [Signal(signed(dp.sum_bits), name=f"acc{l}") for l in range(lanes)]
+        out_valid = Signal()
+        out = Signal(lay.sums)
+        m.d.comb += [self.sums.valid.eq(out_valid), self.sums.payload.eq(out)]
+        with m.If(self.sums.ready):
+            m.d.sync += out_valid.eq(0)
+
+        m.d.comb += self.digits.ready.eq(~out_valid & ~(s1_valid & s1.last_row))
+        take = self.digits.valid & self.digits.ready
+        vmm_addr = self.digits.payload.group * rows + self.digits.payload.row
+        m.d.sync += [s1_valid.eq(take), s1.eq(self.digits.payload)]
+
+        with m.If(s1_valid):
+            for l in range(lanes):
+                total = acc[l] + s1.digit * self._lane_diff(m, rd.data, l)
+                with m.If(s1.last_row):
+                    m.d.sync += [out.sums[l].eq(total), acc[l].eq(0)]
+                with m.Else():
+                    m.d.sync += acc[l].eq(total)
+            with m.If(s1.last_row):
+                m.d.sync += [out_valid.eq(1), out.pulse.eq(s1.pulse), out.group.eq(s1.group),
+                             out.last_pulse.eq(s1.last_pulse)]
+
+        # ---- cell update: read, compute, write -----------------------------------------
+        E, frac = lay.entry_bits, cfg.cell.frac_bits
+        gs = (1 << dp.state_bits) - 1
+        upd_seed = ref_prng.seed_state(cfg.seed, ref_prng.update_stream(self.tile))
+        upd_rng = Signal(32, init=upd_seed)
+        req = Signal(lay.pulse)
+        upd_addr = Signal(lay.addr_bits)
+        new_word = Signal(lay.word_bits)
+        done_valid = Signal()
+        done_state = Signal(dp.state_bits)
+        m.d.comb += [self.pulse_done.valid.eq(done_valid), self.pulse_done.payload.eq(done_state)]
+        with m.If(self.pulse_done.ready):
+            m.d.sync += done_valid.eq(0)
+
+        with m.If(self.reseed):
+            m.d.sync += upd_rng.eq(reseed_value(self.seed, ref_prng.update_stream(self.tile)))
+
+        # the selected cell's entry in the word just read
+        cells = dp.cells_per_unit
+        index = req.lane * cells + req.cell if cells == 2 else req.lane
+        entry = rd.data.word_select(index, E)
+        state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
+        nxt = xorshift32_next(upd_rng)
+        z = irwin_hall(nxt)
+        dist = Mux(req.polarity, state + 1, gs + 1 - state)
+        step = _round_shift(req.amplitude * dp.pulse_step_q * dist, dp.state_bits + 4)
+        step_sig = Signal(signed(32))
+        m.d.comb += step_sig.eq(step)
+        noisy = Signal(signed(40))
+        m.d.comb += noisy.eq(step_sig + _round_shift(step_sig * z * dp.c2c_noise_q, NOISE_FRAC_BITS))
+        moved = Mux(req.polarity, state - noisy, state + noisy)
+        new_state = Signal(dp.state_bits)
+        m.d.comb += new_state.eq(Mux(stuck != 0, state, _clamp(moved, 0, gs)))
+
+        load_take = self.load.valid & self.load.ready
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.pulse.ready.eq(~self.vmm_busy & ~done_valid)
+                with m.If(self.pulse.valid & self.pulse.ready):
+                    m.d.sync += [req.eq(self.pulse.payload),
+                                 upd_addr.eq(self.pulse.payload.group * rows + self.pulse.payload.row)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.next = "UPDATE"
+            with m.State("UPDATE"):
+                m.d.sync += [upd_rng.eq(nxt), new_word.eq(rd.data), done_state.eq(new_state)]
+                m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck))
+                m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(new_word)]
+                m.d.sync += done_valid.eq(1)
+                m.next = "IDLE"
+
+        m.d.comb += [
+            self.load.ready.eq(~self.vmm_busy & ~fsm.ongoing("WRITE")),
+            rd.addr.eq(Mux(self.vmm_busy, vmm_addr, upd_addr)),
+        ]
+        with m.If(load_take):
+            m.d.comb += [wr.en.eq(1), wr.addr.eq(self.load.payload.addr), wr.data.eq(self.load.payload.data)]
+        return m
+
+
+class AdcController(wiring.Component):
+    """Per-lane read noise and analog-to-digital conversion with ``adc_share`` lanes per ADC.
+
+    ``mac_lanes / adc_share`` converters each serve ``adc_share`` lanes, one per cycle; each
+    lane owns an xorshift32 generator stepped once per conversion, so the noise a lane sees
+    does not depend on the sharing (which only sets the conversion time).
+    """
+
+    def __init__(self, cfg: ChipConfig, tile: int = 0):
+        self.cfg, self.tile, self.lay = cfg, tile, Layouts(cfg)
+        super().__init__({
+            "sums": In(stream.Signature(self.lay.sums)),
+            "codes": Out(stream.Signature(self.lay.codes)),
+            "gain": In(8),
+            "offset": In(signed(cfg.adc.bits)),
+            "reseed": In(1),
+            "seed": In(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, dp = self.cfg, self.cfg.datapath
+        lanes, share = cfg.array.mac_lanes, cfg.array.adc_share
+        n_adc = lanes // share
+        rngs = [Signal(32, name=f"rng{l}",
+                       init=ref_prng.seed_state(cfg.seed, ref_prng.read_lane_stream(self.tile, l)))
+                for l in range(lanes)]
+        held = Signal(self.lay.sums)
+        out = Signal(self.lay.codes)
+        busy, out_valid = Signal(), Signal()
+        k = Signal(range(max(2, share)))
+
+        m.d.comb += [self.sums.ready.eq(~busy & ~out_valid),
+                     self.codes.valid.eq(out_valid), self.codes.payload.eq(out)]
+        with m.If(self.codes.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(self.sums.valid & self.sums.ready):
+            m.d.sync += [held.eq(self.sums.payload), busy.eq(1), k.eq(0)]
+
+        with m.If(busy):
+            for a in range(n_adc):
+                for j in range(share):
+                    lane = a * share + j
+                    with m.If(k == j):
+                        nxt = xorshift32_next(rngs[lane])
+                        noise = _round_shift(irwin_hall(nxt) * dp.read_noise_q, NOISE_FRAC_BITS)
+                        analog = Signal(signed(dp.sum_bits + 2), name=f"analog{lane}")
+                        m.d.comb += analog.eq(held.sums[lane] + noise)
+                        code = _round_shift(analog * self.gain, cfg.adc.gain_shift) + self.offset
+                        m.d.sync += [rngs[lane].eq(nxt),
+                                     out.codes[lane].eq(_clamp(code, dp.adc_min, dp.adc_max))]
+            with m.If(k == share - 1):
+                m.d.sync += [busy.eq(0), out_valid.eq(1), out.pulse.eq(held.pulse),
+                             out.group.eq(held.group), out.last_pulse.eq(held.last_pulse)]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+        with m.If(self.reseed):
+            for l, rng in enumerate(rngs):
+                m.d.sync += rng.eq(reseed_value(self.seed, ref_prng.read_lane_stream(self.tile, l)))
+        return m
+
+
+class ShiftAccumulator(wiring.Component):
+    """Shift-adds ADC codes over input pulses, then over weight slices, into column values."""
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg, self.lay = cfg, Layouts(cfg)
+        super().__init__({
+            "codes": In(stream.Signature(self.lay.codes)),
+            "columns": Out(stream.Signature(self.lay.column)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, dp, lay = self.cfg, self.cfg.datapath, self.lay
+        lanes, slices = cfg.array.mac_lanes, dp.slices
+        per_group = lanes // slices
+        acc = [Signal(signed(dp.acc_bits), name=f"acc{l}") for l in range(lanes)]
+        cols = [Signal(signed(dp.acc_bits), name=f"col{c}") for c in range(per_group)]
+        emitting = Signal()
+        idx = Signal(range(max(2, per_group)))
+        base = Signal(lay.col_bits)
+
+        m.d.comb += self.codes.ready.eq(~emitting)
+        with m.If(self.codes.valid & self.codes.ready):
+            beat = self.codes.payload
+            shift = beat.pulse * dp.pulse_shift
+            totals = []
+            for l in range(lanes):
+                prev = Mux(beat.pulse == 0, 0, acc[l])
+                total = Signal(signed(dp.acc_bits), name=f"total{l}")
+                m.d.comb += total.eq(prev + (beat.codes[l] << shift))
+                m.d.sync += acc[l].eq(total)
+                totals.append(total)
+            with m.If(beat.last_pulse):
+                for c in range(per_group):
+                    value = sum(totals[c * slices + s] << (s * cfg.cell.cell_bits) for s in range(slices))
+                    m.d.sync += cols[c].eq(value)
+                m.d.sync += [emitting.eq(1), idx.eq(0), base.eq(beat.group * per_group)]
+
+        m.d.comb += [self.columns.valid.eq(emitting),
+                     self.columns.payload.value.eq(Array(cols)[idx]),
+                     self.columns.payload.col.eq(base + idx)]
+        with m.If(self.columns.valid & self.columns.ready):
+            with m.If(idx == per_group - 1):
+                m.d.sync += emitting.eq(0)
+            with m.Else():
+                m.d.sync += idx.eq(idx + 1)
+        return m
+
+
+class PostProcessor(wiring.Component):
+    """Per-column bias, scale and shift, optional ReLU, saturation to ``post.out_bits``."""
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg, self.lay = cfg, Layouts(cfg)
+        p = cfg.post
+        super().__init__({
+            "columns": In(stream.Signature(self.lay.column)),
+            "y": Out(stream.Signature(self.lay.output)),
+            "param_write": In(stream.Signature(data.StructLayout({
+                "col": self.lay.col_bits, "bias": signed(p.bias_bits), "scale": p.scale_bits}))),
+            "relu": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, p = self.cfg, self.cfg.post
+        layout = data.StructLayout({"bias": signed(p.bias_bits), "scale": p.scale_bits})
+        init = [{"bias": 0, "scale": 1}] * cfg.array.cols
+        m.submodules.params = params = memory.Memory(shape=layout, depth=cfg.array.cols, init=init)
+        wr = params.write_port()
+        rd = params.read_port(domain="comb")
+        m.d.comb += [self.param_write.ready.eq(1), wr.en.eq(self.param_write.valid),
+                     wr.addr.eq(self.param_write.payload.col),
+                     wr.data.bias.eq(self.param_write.payload.bias),
+                     wr.data.scale.eq(self.param_write.payload.scale)]
+
+        out_valid = Signal()
+        out = Signal(self.lay.output)
+        m.d.comb += [self.y.valid.eq(out_valid), self.y.payload.eq(out),
+                     self.columns.ready.eq(~out_valid | self.y.ready),
+                     rd.addr.eq(self.columns.payload.col)]
+        with m.If(self.y.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(self.columns.valid & self.columns.ready):
+            v = _round_shift((self.columns.payload.value + rd.data.bias) * rd.data.scale, p.shift)
+            v = Mux(self.relu & (v < 0), 0, v)
+            lo, hi = -(1 << (p.out_bits - 1)), (1 << (p.out_bits - 1)) - 1
+            m.d.sync += [out_valid.eq(1), out.col.eq(self.columns.payload.col), out.value.eq(_clamp(v, lo, hi))]
+        return m
+
+
+class CimTile(wiring.Component):
+    """A complete tile: ``load`` weights and post-processing parameters, stream ``x`` (one
+    beat per row) to start a VMM, read ``y`` (one beat per column, column order), apply
+    ``pulse`` requests between VMMs. ``adc_gain``, ``adc_offset``, ``relu`` are run-time
+    registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed``.
+    """
+
+    def __init__(self, cfg: ChipConfig, tile: int = 0):
+        self.cfg, self.tile, self.lay = cfg, tile, Layouts(cfg)
+        lay = self.lay
+        super().__init__({
+            "load": In(stream.Signature(lay.load)),
+            "x": In(stream.Signature(signed(cfg.input.bits))),
+            "y": Out(stream.Signature(lay.output)),
+            "pulse": In(stream.Signature(lay.pulse)),
+            "pulse_done": Out(stream.Signature(cfg.datapath.state_bits)),
+            "adc_gain": In(8, init=cfg.adc.gain),
+            "adc_offset": In(signed(cfg.adc.bits), init=cfg.adc.offset),
+            "relu": In(1, init=int(cfg.post.relu)),
+            "reseed": In(1),
+            "seed": In(32),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, lay = self.cfg, self.lay
+        m.submodules.dac = dac = DacController(cfg)
+        m.submodules.xbar = xbar = CrossbarMacro(cfg, self.tile)
+        m.submodules.adc = adc = AdcController(cfg, self.tile)
+        m.submodules.shacc = shacc = ShiftAccumulator(cfg)
+        m.submodules.post = post = PostProcessor(cfg)
+
+        # one VMM at a time: no new input while the previous one drains to y
+        computing = Signal()
+        m.d.comb += [dac.x.payload.eq(self.x.payload),
+                     dac.x.valid.eq(self.x.valid & ~computing),
+                     self.x.ready.eq(dac.x.ready & ~computing)]
+        wiring.connect(m, dac.digits, xbar.digits)
+        wiring.connect(m, xbar.sums, adc.sums)
+        wiring.connect(m, adc.codes, shacc.codes)
+        wiring.connect(m, shacc.columns, post.columns)
+        wiring.connect(m, post.y, wiring.flipped(self.y))
+        wiring.connect(m, wiring.flipped(self.pulse), xbar.pulse)
+        wiring.connect(m, xbar.pulse_done, wiring.flipped(self.pulse_done))
+
+        # busy from the first input beat until the last column leaves
+        last_col = self.y.valid & self.y.ready & (self.y.payload.col == cfg.array.cols - 1)
+        with m.If(self.x.valid & self.x.ready):
+            m.d.sync += self.busy.eq(1)
+        with m.Elif(last_col):
+            m.d.sync += self.busy.eq(0)
+        with m.If(dac.running):
+            m.d.sync += computing.eq(1)
+        with m.Elif(last_col):
+            m.d.sync += computing.eq(0)
+
+        # load: target 0 -> crossbar word, target 1 -> post-processing parameters
+        p = cfg.post
+        m.d.comb += [
+            xbar.vmm_busy.eq(self.busy),
+            xbar.load.payload.data.eq(self.load.payload.data),
+            xbar.load.payload.addr.eq(self.load.payload.addr),
+            xbar.load.valid.eq(self.load.valid & (self.load.payload.target == 0)),
+            post.param_write.payload.col.eq(self.load.payload.addr),
+            post.param_write.payload.bias.eq(self.load.payload.data[:p.bias_bits]),
+            post.param_write.payload.scale.eq(self.load.payload.data[p.bias_bits:][:p.scale_bits]),
+            post.param_write.valid.eq(self.load.valid & (self.load.payload.target == 1) & ~self.busy),
+            self.load.ready.eq(Mux(self.load.payload.target == 0, xbar.load.ready, ~self.busy)),
+            adc.gain.eq(self.adc_gain), adc.offset.eq(self.adc_offset), post.relu.eq(self.relu),
+            xbar.reseed.eq(self.reseed), xbar.seed.eq(self.seed),
+            adc.reseed.eq(self.reseed), adc.seed.eq(self.seed),
+        ]
+        return m

@@ -1,0 +1,1 @@
+"""Simulation of the gateware: Verilator builds, cocotb benches, job replay."""

@@ -1,0 +1,1 @@
+"""cocotb test benches (run through cimstack.sim.verilator, not imported directly)."""
