@@ -1,0 +1,207 @@
+"""DAC, ADC and digital back end of a tile, in torch, with straight-through gradients.
+
+These are the float counterparts of steps 1-4 of :mod:`cimstack.golden`: the word-line
+drivers (input digits per pulse, :func:`cimstack.mapping.input_digits` semantics), the column
+ADC (gain as integration time, offset, round half up, saturation), the shift-accumulator and
+the post-processing unit. Every rounding step is round-half-up (``floor(v + 1/2)``), which
+is what the RTL's ``round_shift`` computes, so on integer-valued float64 data these functions
+reproduce the golden model exactly. Where they quantise, the backward pass is a
+straight-through estimator (STE): rounding passes the gradient unchanged, saturation
+(``torch.clamp``) zeroes it outside the range, as in the clipped STE of Bengio et al. 2013 and
+the LSQ-style quantisers of OpenCIMTC (Yu et al., Nat. Commun. 2025).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import ChipConfig
+from ..errors import InputRangeError
+from ..mapping import pulse_weights, slice_weights
+
+__all__ = ["round_half_up", "floor_ste", "input_range", "as_input_tensor", "Dac", "Adc",
+           "shift_add", "post_process"]
+
+
+def round_half_up(v: torch.Tensor) -> torch.Tensor:
+    """``floor(v + 1/2)`` forward, identity backward (STE).
+
+    Half up, not half to even, because the RTL rounds by adding half an LSB and shifting.
+    """
+    return v + (torch.floor(v + 0.5) - v).detach()
+
+
+def floor_ste(v: torch.Tensor) -> torch.Tensor:
+    """``floor(v)`` forward, identity backward (STE)."""
+    return v + (torch.floor(v) - v).detach()
+
+
+def input_range(cfg: ChipConfig) -> tuple[int, int]:
+    """Smallest and largest integer input (unary inputs are symmetric: no ``-2**(b-1)``)."""
+    bits = cfg.input.bits
+    lo = -(1 << (bits - 1)) + (1 if cfg.input.mode == "unary" else 0)
+    return lo, (1 << (bits - 1)) - 1
+
+
+def as_input_tensor(x, cfg: ChipConfig, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Validate integer-valued inputs of shape ``(rows,)`` or ``(batch, rows)``.
+
+    Returns a float tensor (keeping the autograd graph of a float tensor handed in), so the
+    same call serves inference on integers and training on STE-quantised floats. Raises
+    :class:`~cimstack.errors.InputRangeError` for a wrong shape, NaN/inf, non-integral values
+    or values outside the input range: nothing is silently clipped.
+    """
+    rows = cfg.array.rows
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise InputRangeError(f"inputs must be a real tensor, got dtype {x.dtype}")
+        t = x.to(dtype=dtype, device=device) if x.is_floating_point() else x.to(device=device).to(dtype)
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iuf":
+            raise InputRangeError(f"inputs must be numeric, got dtype {arr.dtype}")
+        t = torch.as_tensor(arr, dtype=dtype, device=device)
+    if t.ndim not in (1, 2) or t.shape[-1] != rows:
+        raise InputRangeError(f"inputs have shape {tuple(t.shape)}, expected ({rows},) or (batch, {rows})")
+    with torch.no_grad():
+        if not torch.isfinite(t).all():
+            raise InputRangeError("inputs contain NaN or infinity")
+        if (t != torch.floor(t)).any():
+            raise InputRangeError("inputs must hold integers (quantise floats with Dac.quantize first)")
+        lo, hi = input_range(cfg)
+        if t.numel() and (t.min() < lo or t.max() > hi):
+            raise InputRangeError(f"inputs span [{t.min().item():g}, {t.max().item():g}], outside [{lo}, {hi}] "
+                                  f"for {cfg.input.bits}-bit {cfg.input.mode} inputs")
+    return t
+
+
+class Dac:
+    """Word-line drivers: integer inputs to signed pulse digits and voltages.
+
+    Bit-serial and multi-bit amplitude modes send two's-complement digits of ``dac_bits``
+    (all unsigned but the signed top digit) with pulse ``p`` weighing ``2**(p*dac_bits)``;
+    unary mode sends ``2**(bits-1) - 1`` pulses of ``sign(x)``, pulse ``k`` active while
+    ``|x| > k`` (OpenCIMTC's unary expansion, Yu et al. 2025). This is
+    :func:`cimstack.mapping.input_digits` in torch, vectorised over the batch.
+    """
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg = cfg
+        self.pulse_weights = [int(v) for v in pulse_weights(cfg)]
+
+    def quantize(self, x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+        """Real-valued activations to integer inputs ``clamp(round(x / scale))`` with STE.
+
+        The output is a float tensor with integer values that :meth:`digits` accepts.
+        """
+        lo, hi = input_range(self.cfg)
+        return torch.clamp(round_half_up(x / scale), lo, hi)
+
+    def digits(self, x: torch.Tensor) -> torch.Tensor:
+        """Signed pulse digits, shape ``(pulses, *x.shape)``, in pulse order.
+
+        The forward values are exact; the backward pass gives pulse ``p`` the gradient
+        ``1 / (pulses * w_p)`` of ``x`` so that the weighted digit sum ``sum_p w_p d_p = x``
+        has gradient one (a straight-through estimator of the decomposition).
+        """
+        cfg, dp = self.cfg, self.cfg.datapath
+        xd = x.detach()
+        if cfg.input.mode == "unary":
+            k = torch.arange(dp.pulses, dtype=x.dtype, device=x.device).reshape((-1,) + (1,) * x.ndim)
+            d = torch.where(xd.abs().unsqueeze(0) > k, torch.sign(xd).unsqueeze(0), torch.zeros((), dtype=x.dtype, device=x.device))
+        else:
+            db = cfg.input.dac_bits
+            planes = []
+            for p in range(dp.pulses - 1):          # a handful of pulses: not a per-element loop
+                planes.append(torch.remainder(torch.floor(xd / float(1 << (p * db))), float(1 << db)))
+            planes.append(torch.floor(xd / float(1 << ((dp.pulses - 1) * db))))   # signed top digit
+            d = torch.stack(planes)
+        if x.requires_grad:
+            c = torch.tensor([1.0 / (dp.pulses * w) for w in self.pulse_weights], dtype=x.dtype, device=x.device)
+            c = c.reshape((-1,) + (1,) * x.ndim)
+            d = d + c * (x - xd).unsqueeze(0)
+        return d
+
+    def voltages(self, digits: torch.Tensor) -> torch.Tensor:
+        """Word-line voltages (V) of ideal drivers: one digit unit is ``input.v_read``."""
+        return digits * self.cfg.input.v_read
+
+
+class Adc:
+    """Column ADC: ``code = clamp(round_half_up(a * gain / 2**gain_shift) + offset)``.
+
+    ``a`` is the column unit's analog sum in code units (one cell code times one input unit).
+    ``gain`` is the integration time (OpenCIMTC's IT): a current-integrating ADC collects a
+    charge proportional to current times integration time, so doubling ``gain`` doubles the
+    code. ``gain`` and ``offset`` are run-time registers, as on the chip. Column sharing
+    (``array.adc_share`` units per converter) serialises conversions but does not change any
+    value; it only enters :meth:`serial_conversions`.
+    """
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg = cfg
+        self.bits = cfg.adc.bits
+        self.gain_shift = cfg.adc.gain_shift
+        self.gain = cfg.adc.gain
+        self.offset = cfg.adc.offset
+        self.code_min, self.code_max = cfg.datapath.adc_min, cfg.datapath.adc_max
+
+    def set_registers(self, gain: int | None = None, offset: int | None = None) -> None:
+        """Change the run-time gain (integration time, 1..255) and offset registers."""
+        if gain is not None:
+            if isinstance(gain, bool) or not isinstance(gain, int) or not 1 <= gain <= 255:
+                raise InputRangeError(f"ADC gain must be an integer in 1..255, got {gain!r}")
+            self.gain = gain
+        if offset is not None:
+            if isinstance(offset, bool) or not isinstance(offset, int) or not self.code_min <= offset <= self.code_max:
+                raise InputRangeError(f"ADC offset must be an integer in {self.code_min}..{self.code_max}, got {offset!r}")
+            self.offset = offset
+
+    @property
+    def scale(self) -> float:
+        """Codes per code-unit of analog sum: ``gain / 2**gain_shift``."""
+        return self.gain / float(1 << self.gain_shift)
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        code = round_half_up(a * self.scale) + self.offset
+        return torch.clamp(code, self.code_min, self.code_max)
+
+    def current_lsb_ua(self) -> float:
+        """Column current (µA) of one ADC code: ``v_read * g_step / scale``."""
+        d = self.cfg.device
+        g_step = (d.g_max_us - d.g_min_us) / self.cfg.datapath.code_max
+        return self.cfg.input.v_read * g_step / self.scale
+
+    def serial_conversions(self) -> int:
+        """Conversions each ADC performs in series per VMM (timing only)."""
+        dp = self.cfg.datapath
+        return dp.groups * dp.pulses * self.cfg.array.adc_share
+
+
+def shift_add(codes: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
+    """Shift-accumulate ADC codes ``(pulses, batch, units)`` into columns ``(batch, cols)``.
+
+    ``y[j] = sum_s sum_p code[p, j*slices + s] * 2**(p*pulse_shift) * 2**(s*cell_bits)``:
+    the golden model's shift-accumulator and slice combiner as one weighted sum.
+    """
+    dp = cfg.datapath
+    pw = torch.as_tensor(pulse_weights(cfg), dtype=codes.dtype, device=codes.device)
+    acc = torch.einsum("pbu,p->bu", codes, pw)
+    acc = acc.reshape(acc.shape[0], cfg.array.cols, dp.slices)
+    sw = torch.as_tensor(slice_weights(cfg), dtype=codes.dtype, device=codes.device)
+    return acc @ sw
+
+
+def post_process(y: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: int,
+                 relu: bool, out_bits: int) -> torch.Tensor:
+    """``sat(relu(round_half_up((y + bias) * scale / 2**shift)))`` with STE gradients.
+
+    Exact on float64 while ``|(y + bias) * scale| < 2**53``.
+    """
+    v = round_half_up((y + bias) * scale / float(1 << shift))
+    if relu:
+        v = torch.relu(v)
+    half = float(1 << (out_bits - 1))
+    return torch.clamp(v, -half, half - 1)
+
