@@ -180,7 +180,9 @@ class DeviceConfig:
 
     ``model = "pcm"`` uses the PCM statistical model of Joshi et al. 2020 (programming-noise
     polynomial, state-dependent drift exponent, 1/f read noise); ``"generic"`` uses the
-    constant ``*_sigma`` fields. Noise sigmas are fractions of ``g_max_us`` unless named ``_lsb``.
+    constant ``*_sigma`` fields: ``prog_noise_sigma`` is a fraction of ``g_max_us``,
+    ``read_noise_sigma`` a fraction of the cell's conductance, ``d2d_sigma`` and
+    ``pulse_c2c_sigma`` are relative.
     ``output_noise_lsb`` is the read noise the RTL injects per ADC conversion from its PRNG,
     in units of one cell code times one input unit. ``pulse_step_lsb`` is the state change
     (in state LSBs) of a unit-amplitude SET pulse on a cell at zero conductance (soft bounds).

@@ -85,7 +85,10 @@ class GoldenTile:
                                     ("scale", scale, 0, (1 << p.scale_bits) - 1)):
             if value is None:
                 continue
-            arr = np.asarray(value, dtype=np.int64)
+            arr = np.asarray(value)
+            if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise InputRangeError(f"post {name} must hold integers, got non-integral values")
+            arr = arr.astype(np.int64)
             if arr.shape != (cols,) or arr.min() < lo or arr.max() > hi:
                 raise InputRangeError(f"post {name} must be {cols} integers in [{lo}, {hi}]")
             setattr(self, name, arr.copy())

@@ -143,3 +143,11 @@ def test_bad_inputs_raise():
         tile.program_weights(np.full((16, 16), 9))
     with pytest.raises(InputRangeError, match="outside the tile"):
         tile.pulse(Pulse(16, 0, 0, SET, 1))
+
+
+def test_post_parameters_reject_non_integers():
+    tile = GoldenTile(preset("ice40-tiny"))
+    with pytest.raises(InputRangeError, match="post scale must hold integers"):
+        tile.set_post(scale=np.full(16, 1.5))
+    with pytest.raises(InputRangeError, match="post bias must be 16 integers"):
+        tile.set_post(bias=np.zeros(15, dtype=int))

@@ -269,7 +269,7 @@ class TileEmulator:
 
     def _physical_prog(self, conductances=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Programmed conductances and drift exponents in physical column order (rows, n_phys)."""
-        dp, rows = self.cfg.datapath, self.cfg.array.rows
+        rows = self.cfg.array.rows
         g_min = self.cfg.device.g_min_us
         if conductances is None:
             g = g_min + self.state / self.frac_scale * self.g_step
