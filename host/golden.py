@@ -34,7 +34,7 @@ import numpy as np
 from . import prng
 from .config import NOISE_FRAC_BITS, ChipConfig
 from .errors import InputRangeError
-from .mapping import check_inputs, input_digits, weights_to_codes
+from .mapping import check_inputs, check_post_params, input_digits, weights_to_codes
 
 __all__ = ["GoldenTile", "Pulse", "STUCK_NONE", "STUCK_AT_0", "STUCK_AT_MAX", "SET", "RESET"]
 
@@ -80,18 +80,8 @@ class GoldenTile:
         self.update_rng = np.array([prng.seed_state(seed, prng.update_stream(self.tile))], dtype=np.uint32)
 
     def set_post(self, bias=None, scale=None) -> None:
-        p, cols = self.cfg.post, self.cfg.array.cols
-        for name, value, lo, hi in (("bias", bias, -(1 << (p.bias_bits - 1)), (1 << (p.bias_bits - 1)) - 1),
-                                    ("scale", scale, 0, (1 << p.scale_bits) - 1)):
-            if value is None:
-                continue
-            arr = np.asarray(value)
-            if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-                raise InputRangeError(f"post {name} must hold integers, got non-integral values")
-            arr = arr.astype(np.int64)
-            if arr.shape != (cols,) or arr.min() < lo or arr.max() > hi:
-                raise InputRangeError(f"post {name} must be {cols} integers in [{lo}, {hi}]")
-            setattr(self, name, arr.copy())
+        for name, arr in check_post_params(bias, scale, self.cfg).items():
+            setattr(self, name, arr)
 
     # -- programming -----------------------------------------------------------------------
     def program_weights(self, w) -> None:

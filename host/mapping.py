@@ -22,7 +22,7 @@ import numpy as np
 from .config import ChipConfig
 from .errors import InputRangeError
 
-__all__ = ["check_weights", "check_inputs", "weights_to_codes", "codes_to_weights",
+__all__ = ["check_weights", "check_inputs", "check_post_params", "weights_to_codes", "codes_to_weights",
            "input_digits", "pulse_weights", "slice_weights"]
 
 
@@ -121,3 +121,21 @@ def pulse_weights(cfg: ChipConfig) -> np.ndarray:
     """Weight of each pulse's partial result in the shift-add."""
     dp = cfg.datapath
     return np.array([1 << (p * dp.pulse_shift) for p in range(dp.pulses)], dtype=np.int64)
+
+
+def check_post_params(bias, scale, cfg: ChipConfig) -> dict[str, np.ndarray]:
+    """Per-column post-processing registers within their RTL widths; ``None`` entries are
+    left out of the returned dict."""
+    p, cols = cfg.post, cfg.array.cols
+    out = {}
+    for name, value, lo, hi in (("bias", bias, -(1 << (p.bias_bits - 1)), (1 << (p.bias_bits - 1)) - 1),
+                                ("scale", scale, 0, (1 << p.scale_bits) - 1)):
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InputRangeError(f"post {name} must hold integers, got non-integral values")
+        if arr.dtype.kind not in "iuf" or arr.shape != (cols,) or arr.min() < lo or arr.max() > hi:
+            raise InputRangeError(f"post {name} must be {cols} integers in [{lo}, {hi}]")
+        out[name] = arr.astype(np.int64)
+    return out

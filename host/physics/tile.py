@@ -43,7 +43,7 @@ import torch
 from ..config import ChipConfig
 from ..errors import ConfigError, InputRangeError
 from ..golden import STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE, GoldenTile
-from ..mapping import slice_weights, weights_to_codes
+from ..mapping import check_post_params, slice_weights, weights_to_codes
 from .converters import Adc, Dac, as_input_tensor, post_process, shift_add
 from .devices import DeviceModel, level_step_us, seed_for
 
@@ -137,16 +137,8 @@ class TileEmulator:
 
     def set_post(self, bias=None, scale=None) -> None:
         """Per-column post-processing bias and scale registers (same ranges as the RTL)."""
-        p, cols = self.cfg.post, self.cfg.array.cols
-        for name, value, lo, hi in (("bias", bias, -(1 << (p.bias_bits - 1)), (1 << (p.bias_bits - 1)) - 1),
-                                    ("scale", scale, 0, (1 << p.scale_bits) - 1)):
-            if value is None:
-                continue
-            arr = np.asarray(value)
-            if (arr.shape != (cols,) or arr.dtype.kind not in "iuf" or not np.all(arr == np.round(arr))
-                    or arr.min() < lo or arr.max() > hi):
-                raise InputRangeError(f"post {name} must be {cols} integers in [{lo}, {hi}]")
-            setattr(self, name, torch.as_tensor(arr, dtype=self.dtype, device=self.device).clone())
+        for name, arr in check_post_params(bias, scale, self.cfg).items():
+            setattr(self, name, torch.as_tensor(arr, dtype=self.dtype, device=self.device))
 
     # -- programming -----------------------------------------------------------------------
     def program_weights(self, w, *, prog_noise: bool = True, faults: bool = True, d2d: bool = True,
