@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     golden = GoldenTile(cfg)
     golden.program_weights(w)
     job = make_job(golden, [vmm_op(v) for v in x])       # snapshot before the golden run
+    emu = TileEmulator(cfg)
+    emu.load_golden(golden)
     scale = golden.adc_scale()
     y_golden = golden.vmm(x)
 
-    emu = TileEmulator(cfg)
-    emu.load_golden(_programmed(cfg, w))
     y_emu = emu.vmm(torch.as_tensor(x), mode="datapath").numpy()
     phys = TileEmulator(cfg)
     phys.program_weights(w)                                # with programming noise and faults
@@ -98,12 +98,6 @@ def main(argv=None) -> int:
     (out / f"{cfg.name}.json").write_text(json.dumps(summary, indent=2))
     print(f"  summary written to {out / (cfg.name + '.json')}")
     return 0 if exact == args.vmms else 1
-
-
-def _programmed(cfg, w) -> GoldenTile:
-    tile = GoldenTile(cfg)
-    tile.program_weights(w)
-    return tile
 
 
 if __name__ == "__main__":
