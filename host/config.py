@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ArrayConfig", "CellConfig", "MappingConfig", "InputConfig", "AdcConfig", "PostConfig",
-    "DeviceConfig", "ClockConfig", "ChipConfig", "Datapath", "PRESETS", "preset", "load",
+    "DeviceConfig", "ClockConfig", "SocConfig", "ChipConfig", "Datapath", "PRESETS", "preset", "load",
     "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA",
 ]
 
@@ -68,7 +68,7 @@ class ArrayConfig:
     adc_share: int = 4
 
     def __post_init__(self):
-        _check_int("array", "tiles", self.tiles, 1, 64)
+        _check_int("array", "tiles", self.tiles, 1, 48)
         _check_int("array", "rows", self.rows, 1, 4096)
         _check_int("array", "cols", self.cols, 1, 4096)
         _check_int("array", "mac_lanes", self.mac_lanes, 1, 512)
@@ -245,6 +245,25 @@ class ClockConfig:
 
 
 @dataclass(frozen=True)
+class SocConfig:
+    """On-chip memories around the tiles and the host link's frame limit.
+
+    ``act_words`` 32-bit words of activation buffer; ``wv_jobs`` entries of write-verify job
+    list (and as many results); ``max_payload`` the largest frame payload in bytes the host
+    bridge buffers (a frame is checked completely before anything it carries is applied).
+    """
+
+    act_words: int = 4096
+    wv_jobs: int = 1024
+    max_payload: int = 1024
+
+    def __post_init__(self):
+        _check_int("soc", "act_words", self.act_words, 16, 65536)
+        _check_int("soc", "wv_jobs", self.wv_jobs, 1, 65536)
+        _check_int("soc", "max_payload", self.max_payload, 64, 16384)
+
+
+@dataclass(frozen=True)
 class Datapath:
     """Integer widths and loop counts derived from a config; RTL and golden model both use these."""
 
@@ -268,6 +287,7 @@ class Datapath:
     read_noise_q: int      # output noise scale, NOISE_FRAC_BITS fraction, per PRNG unit
     c2c_noise_q: int       # pulse cycle-to-cycle noise scale, NOISE_FRAC_BITS fraction
     pulse_step_q: int      # pulse step in 1/16 state LSB
+    verify_noise_q: int    # write-verify read noise scale (state LSBs), NOISE_FRAC_BITS fraction
     config_hash: int       # 32-bit hash of the config, for the gateware's ID register
 
 
@@ -293,6 +313,7 @@ class ChipConfig:
     post: PostConfig = field(default_factory=PostConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    soc: SocConfig = field(default_factory=SocConfig)
     seed: int = 1
 
     def __post_init__(self):
@@ -313,6 +334,8 @@ class ChipConfig:
             raise ConfigError(f"array.adc_share = {a.adc_share} must divide array.mac_lanes = {a.mac_lanes}")
         if dp.read_noise_q >= 1 << 20:
             raise ConfigError(f"device.output_noise_lsb = {self.device.output_noise_lsb} is too large for the RTL noise scaler")
+        if dp.verify_noise_q >= 1 << 16:
+            raise ConfigError(f"device.read_noise_sigma = {self.device.read_noise_sigma} is too large for the write-verify read noise scaler")
         if dp.acc_bits > 48:
             raise ConfigError(f"the column accumulator would need {dp.acc_bits} bits (> 48): reduce array.rows, input.bits or mapping.weight_bits")
 
@@ -381,6 +404,7 @@ def _build_section(ftype: type, values: dict[str, Any], section: str, base: Any 
 _SECTIONS = {
     "array": ArrayConfig, "cell": CellConfig, "mapping": MappingConfig, "input": InputConfig,
     "adc": AdcConfig, "post": PostConfig, "device": DeviceConfig, "clock": ClockConfig,
+    "soc": SocConfig,
 }
 
 
@@ -433,6 +457,8 @@ def _derive(cfg: ChipConfig) -> Datapath:
         read_noise_q=round(d.output_noise_lsb / IRWIN_HALL_SIGMA * (1 << NOISE_FRAC_BITS)),
         c2c_noise_q=round(d.pulse_c2c_sigma / IRWIN_HALL_SIGMA * (1 << NOISE_FRAC_BITS)),
         pulse_step_q=max(1, round(d.pulse_step_lsb * 16)),
+        verify_noise_q=round(d.read_noise_sigma * ((1 << (c.cell_bits + c.frac_bits)) - 1)
+                             / IRWIN_HALL_SIGMA * (1 << NOISE_FRAC_BITS)),
         config_hash=int.from_bytes(digest[:4], "little"),
     )
 
@@ -482,6 +508,7 @@ def _ice40_tiny() -> ChipConfig:
         adc=AdcConfig(bits=6, gain=4, gain_shift=2),
         post=PostConfig(out_bits=16, bias_bits=12, scale_bits=4),
         clock=ClockConfig(clock_hz=12_000_000, uart_baud=115_200),
+        soc=SocConfig(act_words=512, wv_jobs=256, max_payload=256),
     )
 
 

@@ -15,3 +15,23 @@ class InputRangeError(CimstackError, ValueError):
 
 class SimulationError(CimstackError, RuntimeError):
     """Building or running the Verilator simulation failed."""
+
+
+class LinkError(CimstackError, IOError):
+    """The host link failed: the port cannot be opened, or frames keep getting lost."""
+
+
+class LinkTimeout(LinkError, TimeoutError):
+    """The device stopped answering within the link's timeout (after every retry)."""
+
+
+class DeviceError(CimstackError, RuntimeError):
+    """The device answered a request with an error response (bad address, busy, ...)."""
+
+    def __init__(self, message: str, code: int = 0):
+        super().__init__(message)
+        self.code = code
+
+
+class ConfigMismatchError(CimstackError, RuntimeError):
+    """The gateware was built from a different chip config than the host is using."""

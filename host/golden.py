@@ -36,7 +36,8 @@ from .config import NOISE_FRAC_BITS, ChipConfig
 from .errors import InputRangeError
 from .mapping import check_inputs, check_post_params, input_digits, weights_to_codes
 
-__all__ = ["GoldenTile", "Pulse", "STUCK_NONE", "STUCK_AT_0", "STUCK_AT_MAX", "SET", "RESET"]
+__all__ = ["GoldenTile", "Pulse", "STUCK_NONE", "STUCK_AT_0", "STUCK_AT_MAX", "SET", "RESET",
+           "memory_word_bits", "GoldenSoC", "WriteVerifyJob", "WriteVerifyResult", "VERIFY_STREAM", "check_write_verify"]
 
 STUCK_NONE, STUCK_AT_0, STUCK_AT_MAX = 0, 1, 2
 SET, RESET = 0, 1
@@ -51,6 +52,12 @@ class Pulse:
     cell: int
     polarity: int        # SET or RESET
     amplitude: int       # 1 .. device.pulse_max_amplitude
+
+
+def memory_word_bits(cfg: ChipConfig) -> int:
+    """Bits of one crossbar memory word: every lane's cells, each state plus a 2-bit stuck flag."""
+    dp = cfg.datapath
+    return cfg.array.mac_lanes * dp.cells_per_unit * (dp.state_bits + 2)
 
 
 def _clamp_signed(v: np.ndarray, bits: int) -> np.ndarray:
@@ -140,6 +147,18 @@ class GoldenTile:
         self.state[p.row, p.unit, p.cell] = g
         return g
 
+    def read_cell(self, row: int, unit: int, cell: int) -> int:
+        """The cell's effective state, noise-free (stuck cells read as 0 or full scale)."""
+        dp = self.cfg.datapath
+        if not (0 <= row < self.cfg.array.rows and 0 <= unit < dp.units and 0 <= cell < dp.cells_per_unit):
+            raise InputRangeError(f"read targets cell ({row}, {unit}, {cell}) outside the tile")
+        st = int(self.stuck[row, unit, cell])
+        if st == STUCK_AT_0:
+            return 0
+        if st == STUCK_AT_MAX:
+            return (1 << dp.state_bits) - 1
+        return int(self.state[row, unit, cell])
+
     # -- inference -------------------------------------------------------------------------
     def column_sums(self, x) -> np.ndarray:
         """Noise-free analog sums per pulse: shape (pulses, ..., units)."""
@@ -210,3 +229,117 @@ class GoldenTile:
                 w |= v << (k * entry_bits)
             words.append(w)
         return words
+
+
+VERIFY_STREAM = 0xFFFF          # PRNG stream index of the write-verify read noise
+
+
+@dataclass(frozen=True)
+class WriteVerifyJob:
+    """One cell to program: target state (state LSBs) within ``tol``."""
+
+    row: int
+    group: int
+    lane: int
+    cell: int
+    target: int
+    tol: int
+
+
+@dataclass(frozen=True)
+class WriteVerifyResult:
+    status: int          # regmap.WV_CONVERGED / WV_FAILED / WV_STUCK
+    pulses: int
+    error: int           # last read minus target, saturated to 16 bits
+
+
+def check_write_verify(cfg: ChipConfig, tile: int, jobs, max_pulses: int, amp_start: int,
+                       amp_step: int, amp_max: int) -> None:
+    """Reject a write-verify run the hardware would not execute as asked."""
+    a, dp, amax = cfg.array, cfg.datapath, cfg.device.pulse_max_amplitude
+    if not 0 <= tile < a.tiles:
+        raise InputRangeError(f"write-verify tile {tile} outside 0..{a.tiles - 1}")
+    if not (1 <= amp_start <= amp_max <= amax and 0 <= amp_step <= 255):
+        raise InputRangeError(f"write-verify amplitudes start {amp_start}, step {amp_step}, max {amp_max}: "
+                              f"need 1 <= start <= max <= device.pulse_max_amplitude = {amax}, step 0..255")
+    if not 0 <= max_pulses <= 1023:
+        raise InputRangeError(f"write-verify pulse budget {max_pulses} outside 0..1023")
+    if len(jobs) > cfg.soc.wv_jobs:
+        raise InputRangeError(f"{len(jobs)} write-verify jobs exceed soc.wv_jobs = {cfg.soc.wv_jobs}")
+    for j in jobs:
+        if not (0 <= j.row < a.rows and 0 <= j.group < dp.groups and 0 <= j.lane < a.mac_lanes
+                and 0 <= j.cell < dp.cells_per_unit and 0 <= j.target < 1 << dp.state_bits
+                and 0 <= j.tol <= 255):
+            raise InputRangeError(f"write-verify job {j} outside the tile (rows {a.rows}, groups {dp.groups}, "
+                                  f"lanes {a.mac_lanes}, cells {dp.cells_per_unit}, target < {1 << dp.state_bits}, tol <= 255)")
+
+
+class GoldenSoC:
+    """Bit-exact model of the SoC around the tiles: activation buffer, VMM engine,
+    write-verify controller and single-cell access (the register semantics of
+    :mod:`cimstack.regmap`)."""
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg = cfg
+        self.tiles = [GoldenTile(cfg, t) for t in range(cfg.array.tiles)]
+        self.act = np.zeros(cfg.soc.act_words, dtype=np.int64)
+        self.reseed(cfg.seed)
+
+    def reseed(self, seed: int) -> None:
+        for t in self.tiles:
+            t.reseed(seed)
+        self.verify_rng = np.array([prng.seed_state(seed, VERIFY_STREAM)], dtype=np.uint32)
+
+    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False) -> np.ndarray:
+        """The VMM engine: inputs act[src:src+rows] clamped to the input range, outputs to
+        act[dst:dst+cols] (stored, or added with 32-bit wrap-around)."""
+        cfg = self.cfg
+        rows, cols, n = cfg.array.rows, cfg.array.cols, len(self.act)
+        if not (0 <= tile < len(self.tiles) and 0 <= src <= n - rows and 0 <= dst <= n - cols):
+            raise InputRangeError(f"VMM tile {tile}, src {src}, dst {dst} outside the chip")
+        x = _clamp_signed(self.act[src:src + rows], cfg.input.bits)
+        y = self.tiles[tile].vmm(x)
+        new = self.act[dst:dst + cols] + y if accumulate else y
+        self.act[dst:dst + cols] = ((new + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
+        return y
+
+    def read_cell(self, tile: int, row: int, unit: int, cell: int) -> int:
+        """A verify read: the effective state plus read noise from the verify generator."""
+        state = self.tiles[tile].read_cell(row, unit, cell)
+        self.verify_rng = prng.xorshift32(self.verify_rng)
+        z = int(prng.gauss_from_state(self.verify_rng)[0])
+        return state + prng.round_shift(z * self.cfg.datapath.verify_noise_q, NOISE_FRAC_BITS)
+
+    def write_verify(self, tile: int, jobs: list[WriteVerifyJob], max_pulses: int,
+                     amp_start: int, amp_step: int, amp_max: int) -> list[WriteVerifyResult]:
+        """Program each job's cell by incremental-step pulses (ISPP) with verify reads.
+
+        Per cell: read; while |read - target| > tol and the budget lasts, pulse towards the
+        target (SET below it, RESET above), the amplitude restarting at ``amp_start`` when the
+        polarity changes and growing by ``amp_step`` (up to ``amp_max``) while it repeats, and
+        read again. A cell out of budget is *stuck* if its last read is within ``tol`` of its
+        first, else *failed*.
+        """
+        from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+        check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
+        lanes, g = self.cfg.array.mac_lanes, self.tiles[tile]
+        results = []
+        for j in jobs:
+            unit = j.group * lanes + j.lane
+            first = r = self.read_cell(tile, j.row, unit, j.cell)
+            pulses, amp, last = 0, amp_start, None
+            while True:
+                err = r - j.target
+                if abs(err) <= j.tol:
+                    status = WV_CONVERGED
+                    break
+                if pulses >= max_pulses:
+                    status = WV_STUCK if abs(r - first) <= j.tol else WV_FAILED
+                    break
+                polarity = SET if err < 0 else RESET
+                amp = min(amp + amp_step, amp_max) if polarity == last else amp_start
+                g.pulse(Pulse(j.row, unit, j.cell, polarity, amp))
+                pulses, last = pulses + 1, polarity
+                r = self.read_cell(tile, j.row, unit, j.cell)
+            results.append(WriteVerifyResult(status, pulses, int(np.clip(err, -32768, 32767))))
+        return results

@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from cimstack import prng as ref_prng
 from cimstack.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.golden import memory_word_bits
 
 from .prng import irwin_hall, reseed_value, xorshift32_next
 
@@ -48,7 +49,7 @@ class Layouts:
         self.cfg = cfg
         self.lanes = a.mac_lanes
         self.entry_bits = dp.state_bits + 2
-        self.word_bits = a.mac_lanes * dp.cells_per_unit * self.entry_bits
+        self.word_bits = memory_word_bits(cfg)
         self.depth = dp.groups * a.rows
         self.addr_bits = _bits_for(max(self.depth, a.cols))
         self.row_bits = _bits_for(a.rows)
@@ -80,6 +81,7 @@ class Layouts:
         self.pulse = data.StructLayout({
             "row": self.row_bits, "group": self.group_bits, "lane": _bits_for(a.mac_lanes),
             "cell": 1, "polarity": 1, "amplitude": 8,
+            "read": 1,                         # 1: no pulse, return the cell's effective state
         })
 
 
@@ -276,9 +278,15 @@ class CrossbarMacro(wiring.Component):
             with m.State("READ"):
                 m.next = "UPDATE"
             with m.State("UPDATE"):
-                m.d.sync += [upd_rng.eq(nxt), new_word.eq(rd.data), done_state.eq(new_state)]
-                m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck))
-                m.next = "WRITE"
+                with m.If(req.read):
+                    # effective state as a VMM would see it: stuck cells read as 0 or full scale
+                    m.d.sync += [done_valid.eq(1),
+                                 done_state.eq(Mux(stuck[1], gs, Mux(stuck[0], 0, state)))]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [upd_rng.eq(nxt), new_word.eq(rd.data), done_state.eq(new_state)]
+                    m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck))
+                    m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(new_word)]
                 m.d.sync += done_valid.eq(1)

@@ -5,7 +5,7 @@ import numpy as np
 
 from cimstack.golden import GoldenTile, Pulse
 
-__all__ = ["make_job", "run_golden", "vmm_op", "pulse_op"]
+__all__ = ["make_job", "run_golden", "vmm_op", "pulse_op", "read_op"]
 
 
 def vmm_op(x) -> dict:
@@ -16,6 +16,11 @@ def pulse_op(tile: GoldenTile, row: int, unit: int, cell: int, polarity: int, am
     lanes = tile.cfg.array.mac_lanes
     return {"op": "pulse", "row": int(row), "group": int(unit) // lanes, "lane": int(unit) % lanes,
             "cell": int(cell), "polarity": int(polarity), "amplitude": int(amplitude)}
+
+
+def read_op(tile: GoldenTile, row: int, unit: int, cell: int) -> dict:
+    """A cell read through the pulse port (no pulse, no generator step)."""
+    return {**pulse_op(tile, row, unit, cell, 0, 1), "read": 1}
 
 
 def make_job(tile: GoldenTile, ops: list[dict], y_stall: float = 0.0, stall_seed: int = 0) -> dict:
@@ -36,6 +41,8 @@ def run_golden(tile: GoldenTile, ops: list[dict]) -> list:
         kind = op["op"]
         if kind == "vmm":
             out.append(tile.vmm(np.array(op["x"])).tolist())
+        elif kind == "pulse" and op.get("read"):
+            out.append(tile.read_cell(op["row"], op["group"] * lanes + op["lane"], op["cell"]))
         elif kind == "pulse":
             out.append(tile.pulse(Pulse(op["row"], op["group"] * lanes + op["lane"], op["cell"],
                                         op["polarity"], op["amplitude"])))

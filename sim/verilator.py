@@ -17,9 +17,10 @@ from pathlib import Path
 from cimstack.config import ChipConfig
 from cimstack.errors import SimulationError
 
-__all__ = ["verilator_env", "TileSim", "build_tile"]
+__all__ = ["verilator_env", "CocotbTop", "build_tile", "build_soc", "build_cocotb_top"]
 
-BENCH_MODULE = "cimstack.sim.benches.tile_bench"
+TILE_BENCH = "cimstack.sim.benches.tile_bench"
+SOC_BENCH = "cimstack.sim.benches.soc_bench"
 
 
 def verilator_env() -> dict[str, str]:
@@ -44,17 +45,18 @@ def verilator_env() -> dict[str, str]:
 
 
 @dataclass
-class TileSim:
-    """A Verilated tile, built once; :meth:`run_job` runs any number of jobs on it."""
+class CocotbTop:
+    """A Verilated top level, built once; :meth:`run_job` runs any number of jobs on it
+    through its cocotb bench module."""
 
     cfg: ChipConfig
     build_dir: Path
     build_seconds: float
+    toplevel: str
+    bench: str
 
     def run_job(self, job: dict, name: str = "job", testcase: str = "run_job") -> dict:
         from cocotb_tools.runner import get_results, get_runner
-
-        from cimstack.gen.verilog import TILE_TOP
 
         verilator_env()
         job_dir = self.build_dir / "jobs" / name
@@ -65,7 +67,7 @@ class TileSim:
         (job_dir / "job.json").write_text(json.dumps(job))
         runner = get_runner("verilator")
         results_xml = runner.test(
-            test_module=BENCH_MODULE, hdl_toplevel=TILE_TOP, hdl_toplevel_lang="verilog",
+            test_module=self.bench, hdl_toplevel=self.toplevel, hdl_toplevel_lang="verilog",
             build_dir=self.build_dir, test_dir=job_dir, testcase=testcase,
             results_xml=str(job_dir / "results.xml"), log_file=job_dir / "sim.log",
             extra_env={"CIMSTACK_JOB_DIR": str(job_dir.resolve())})
@@ -77,22 +79,37 @@ class TileSim:
         return json.loads(out.read_text())
 
 
-def build_tile(cfg: ChipConfig, build_root: str | Path = "build/sim", tile: int = 0) -> TileSim:
-    """Generate the tile's Verilog and Verilate it under ``build_root/<config name>``."""
+def build_cocotb_top(cfg: ChipConfig, vfile: Path, toplevel: str, bench: str, build_dir: Path) -> CocotbTop:
+    """Verilate ``vfile`` for cocotb under ``build_dir``."""
     from cocotb_tools.runner import get_runner
 
-    from cimstack.gen.verilog import TILE_TOP, write_tile_verilog
-
     verilator_env()
-    build_dir = Path(build_root).resolve() / cfg.name
-    vfile = write_tile_verilog(cfg, build_dir / "gen", tile)
     start = time.perf_counter()
     runner = get_runner("verilator")
     log = build_dir / "build.log"
     try:
-        runner.build(sources=[vfile], hdl_toplevel=TILE_TOP, build_dir=build_dir,
+        runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir,
                      build_args=["-Wno-fatal", "-O2"], waves=False, always=True, log_file=log)
     except (SystemExit, Exception) as exc:   # the runner exits on a failed make
         tail = log.read_text()[-4000:] if log.exists() else ""
-        raise SimulationError(f"Verilator build of {cfg.name} failed: {exc}\n{tail}") from None
-    return TileSim(cfg, build_dir, time.perf_counter() - start)
+        raise SimulationError(f"Verilator build of {cfg.name} ({toplevel}) failed: {exc}\n{tail}") from None
+    return CocotbTop(cfg, build_dir, time.perf_counter() - start, toplevel, bench)
+
+
+def build_tile(cfg: ChipConfig, build_root: str | Path = "build/sim", tile: int = 0) -> CocotbTop:
+    """Generate the tile's Verilog and Verilate it under ``build_root/<config name>``."""
+    from cimstack.gen.verilog import TILE_TOP, write_tile_verilog
+
+    build_dir = Path(build_root).resolve() / cfg.name
+    vfile = write_tile_verilog(cfg, build_dir / "gen", tile)
+    return build_cocotb_top(cfg, vfile, TILE_TOP, TILE_BENCH, build_dir)
+
+
+def build_soc(cfg: ChipConfig, phy: str = "stream", build_root: str | Path = "build/sim") -> CocotbTop:
+    """Generate the SoC's Verilog (``phy`` "stream" or "uart") and Verilate it for cocotb
+    under ``build_root/<config name>-soc-<phy>``."""
+    from cimstack.gen.verilog import SOC_TOP, write_soc_verilog
+
+    build_dir = Path(build_root).resolve() / f"{cfg.name}-soc-{phy}"
+    vfile = write_soc_verilog(cfg, build_dir / "gen", phy)
+    return build_cocotb_top(cfg, vfile, SOC_TOP, SOC_BENCH, build_dir)

@@ -11,7 +11,7 @@ import pytest
 
 from cimstack.config import ChipConfig, preset
 from cimstack.golden import STUCK_AT_0, STUCK_AT_MAX, GoldenTile
-from cimstack.sim.jobs import make_job, pulse_op, run_golden, vmm_op
+from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
 
 N_VMM = 200
@@ -106,9 +106,10 @@ def test_cell_update_pulses(rtl):
     tile = random_tile(cfg, rng, stuck_rate=0.1)
     ops = []
     for _ in range(300):
-        ops.append(pulse_op(tile, rng.integers(cfg.array.rows), rng.integers(dp.units),
-                            rng.integers(dp.cells_per_unit), rng.integers(2),
-                            rng.integers(1, cfg.device.pulse_max_amplitude + 1)))
+        cell = (rng.integers(cfg.array.rows), rng.integers(dp.units), rng.integers(dp.cells_per_unit))
+        ops.append(pulse_op(tile, *cell, rng.integers(2), rng.integers(1, cfg.device.pulse_max_amplitude + 1)))
+        if rng.random() < 0.2:          # read back through the same port (stuck cells read 0 / max)
+            ops.append(read_op(tile, *cell))
     ops += [vmm_op(x) for x in random_inputs(cfg, rng, 10)]
     job = make_job(tile, ops)
     before = tile.state.copy()

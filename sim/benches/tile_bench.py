@@ -1,6 +1,6 @@
 """cocotb bench of the Verilated tile: replays a JSON job and records what the RTL returns.
 
-The job (written by :class:`cimstack.sim.verilator.TileSim`) holds the crossbar memory image,
+The job (written by :class:`cimstack.sim.verilator.CocotbTop`) holds the crossbar memory image,
 post-processing parameters, run-time registers and a list of operations::
 
     {"memory": [int, ...], "post": [[bias, scale], ...], "adc_gain": g, "adc_offset": o,

@@ -1,0 +1,183 @@
+"""A cimstack SoC seen from the host: named registers, tiles, activation buffer, VMMs and
+write-verify, over a :class:`~cimstack.link.Link` to the simulation server or a board.
+
+Every operation validates its arguments against the config before anything is sent, so a
+bad call raises :class:`~cimstack.errors.InputRangeError` and leaves the chip untouched.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import ChipConfig
+from .errors import ConfigMismatchError, InputRangeError, LinkTimeout
+from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_verify
+from .link import Link
+from .mapping import check_post_params
+from .regmap import ID_MAGIC, register_map
+
+__all__ = ["Device"]
+
+
+class Device:
+    def __init__(self, link: Link, cfg: ChipConfig, check: bool = True, poll_timeout: float = 60.0):
+        self.link, self.cfg = link, cfg
+        self.map = register_map(cfg)
+        self.poll_timeout = poll_timeout
+        link.max_payload = cfg.soc.max_payload
+        if check:
+            self.check_identity()
+
+    # -- registers --------------------------------------------------------------------------
+    def read(self, name: str) -> int:
+        return self.link.read_regs(self.map[name].addr)[0]
+
+    def write(self, name: str, value: int | None = None, **fields: int) -> None:
+        reg = self.map[name]
+        if value is None:
+            value = reg.pack(**fields)
+        self.link.write_regs(reg.addr, [value])
+
+    def fields(self, name: str) -> dict[str, int]:
+        return self.map[name].unpack(self.read(name))
+
+    def check_identity(self) -> None:
+        """Refuse a chip that is not a cimstack SoC built from this config."""
+        ident, _version, chash = self.link.read_regs(self.map["ID"].addr, 3)
+        if ident != ID_MAGIC:
+            raise ConfigMismatchError(f"{self.link.url} is not a cimstack SoC (ID 0x{ident:08x})")
+        want = self.cfg.datapath.config_hash
+        if chash != want:
+            raise ConfigMismatchError(
+                f"{self.link.url} was built from a config with hash 0x{chash:08x}, the host uses "
+                f"{self.cfg.name!r} with hash 0x{want:08x}")
+
+    def wait_idle(self, mask: int = 0b111) -> int:
+        """Poll STATUS until the units in ``mask`` are idle; returns the CYCLES counter."""
+        deadline = time.monotonic() + self.poll_timeout
+        while True:
+            status, cycles = self.link.status()
+            if not status & mask:
+                return cycles
+            if time.monotonic() > deadline:
+                raise LinkTimeout(f"the device stayed busy (STATUS 0x{status:x}) for {self.poll_timeout} s")
+
+    def reseed(self, seed: int) -> None:
+        self.write("SEED", seed)
+        self.write("CONTROL", reseed=1)
+
+    # -- tiles ---------------------------------------------------------------------------------
+    def _tile(self, tile: int) -> None:
+        if not 0 <= tile < self.cfg.array.tiles:
+            raise InputRangeError(f"tile {tile} outside 0..{self.cfg.array.tiles - 1}")
+
+    def load_tile(self, tile: int, model: GoldenTile) -> None:
+        """Copy a golden tile's cell states, stuck map, post-processing and registers."""
+        self._tile(tile)
+        self.write_memory(f"TILE{tile}_XBAR", 0, model.memory_image())
+        self.set_post(tile, model.bias, model.scale)
+        self.set_tile_regs(tile, model.adc_gain, model.adc_offset, model.relu)
+
+    def set_post(self, tile: int, bias, scale) -> None:
+        self._tile(tile)
+        p = check_post_params(bias, scale, self.cfg)
+        mask = (1 << self.cfg.post.bias_bits) - 1
+        words = [(int(b) & mask) | int(s) << self.cfg.post.bias_bits for b, s in zip(p["bias"], p["scale"])]
+        self.write_memory(f"TILE{tile}_POST", 0, words)
+
+    def set_tile_regs(self, tile: int, adc_gain: int, adc_offset: int, relu: bool) -> None:
+        self._tile(tile)
+        a = self.cfg.adc
+        lo, hi = -(1 << (a.bits - 1)), (1 << (a.bits - 1)) - 1
+        if not (1 <= adc_gain <= 255 and lo <= adc_offset <= hi):
+            raise InputRangeError(f"tile {tile}: adc_gain {adc_gain} (1..255) / adc_offset {adc_offset} ({lo}..{hi})")
+        self.write(f"TILE{tile}_ADC_GAIN", gain=int(adc_gain))
+        self.write(f"TILE{tile}_ADC_OFFSET", offset=int(adc_offset))
+        self.write(f"TILE{tile}_RELU", relu=int(bool(relu)))
+
+    # -- memories ------------------------------------------------------------------------------
+    def write_memory(self, space: str, addr: int, words) -> None:
+        sp = self.map.space(space)
+        words = [int(w) for w in words]
+        if addr < 0 or addr + len(words) > sp.depth:
+            raise InputRangeError(f"{space}: words {addr}..{addr + len(words) - 1} outside 0..{sp.depth - 1}")
+        self.link.write_mem(sp.space, addr, words, sp.word_bytes)
+
+    def read_memory(self, space: str, addr: int, count: int) -> list[int]:
+        sp = self.map.space(space)
+        if sp.access != "rw":
+            raise InputRangeError(f"{space} is write-only")
+        if addr < 0 or count < 1 or addr + count > sp.depth:
+            raise InputRangeError(f"{space}: words {addr}..{addr + count - 1} outside 0..{sp.depth - 1}")
+        return self.link.read_mem(sp.space, addr, count, sp.word_bytes)
+
+    def write_act(self, addr: int, values) -> None:
+        values = np.asarray(values, dtype=np.int64).ravel()
+        if values.size and (values.min() < -(1 << 31) or values.max() >= 1 << 31):
+            raise InputRangeError("activations must fit in signed 32 bits")
+        self.write_memory("ACT", addr, values.tolist())
+
+    def read_act(self, addr: int, count: int) -> np.ndarray:
+        v = np.array(self.read_memory("ACT", addr, count), dtype=np.int64)
+        return np.where(v >= 1 << 31, v - (1 << 32), v)
+
+    # -- compute ---------------------------------------------------------------------------------
+    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False, wait: bool = True) -> None:
+        """Run act[dst:dst+cols] (+)= tile(act[src:src+rows]) on the chip."""
+        self._tile(tile)
+        a, n = self.cfg.array, self.cfg.soc.act_words
+        if not (0 <= src <= n - a.rows and 0 <= dst <= n - a.cols):
+            raise InputRangeError(f"VMM src {src} / dst {dst} do not fit the {n}-word activation buffer")
+        self.link.write_regs(self.map["VMM_TILE"].addr, [tile, src, dst, int(accumulate)])
+        self.link.run(0)
+        if wait:
+            self.wait_idle(0b001)
+
+    def write_verify(self, tile: int, jobs: list[WriteVerifyJob], max_pulses: int = 32,
+                     amp_start: int = 1, amp_step: int = 1, amp_max: int | None = None) -> list[WriteVerifyResult]:
+        """Program cells with the on-chip write-verify controller; per-cell results."""
+        amp_max = self.cfg.device.pulse_max_amplitude if amp_max is None else amp_max
+        check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
+        if not jobs:
+            return []
+        lay = self.map.space("WV_JOBS")
+        words = [j.target | j.tol << 16 | j.row << 24 | j.group << 40 | j.lane << 48 | j.cell << 56 for j in jobs]
+        self.write_memory(lay.name, 0, words)
+        self.write("WV_TILE", tile=tile)
+        self.write("WV_COUNT", count=len(jobs))
+        self.write("WV_MAX_PULSES", pulses=max_pulses)
+        self.write("WV_AMP", start=amp_start, step=amp_step, max=amp_max)
+        self.link.run(1)
+        self.wait_idle(0b010)
+        out = []
+        for w in self.read_memory("WV_RESULTS", 0, len(jobs)):
+            err = (w >> 16) & 0xFFFF
+            out.append(WriteVerifyResult(w & 3, (w >> 4) & 0xFFF, err - (1 << 16) if err >> 15 else err))
+        return out
+
+    def _cell(self, tile: int, row: int, unit: int, cell: int) -> None:
+        self._tile(tile)
+        dp = self.cfg.datapath
+        if not (0 <= row < self.cfg.array.rows and 0 <= unit < dp.units and 0 <= cell < dp.cells_per_unit):
+            raise InputRangeError(f"cell ({row}, {unit}, {cell}) outside the tile")
+        lanes = self.cfg.array.mac_lanes
+        self.write("CELL_ADDR", tile=tile, row=row, cell=cell)
+        self.write("CELL_UNIT", group=unit // lanes, lane=unit % lanes)
+
+    def read_cell(self, tile: int, row: int, unit: int, cell: int) -> int:
+        """One verify read (effective state plus verify read noise), in state LSBs."""
+        self._cell(tile, row, unit, cell)
+        self.write("CELL_OP", pulse=0)
+        self.wait_idle(0b100)
+        return self.fields("CELL_RESULT")["value"]
+
+    def pulse_cell(self, tile: int, row: int, unit: int, cell: int, polarity: int, amplitude: int) -> int:
+        """One programming pulse; returns the cell's state after it."""
+        if polarity not in (0, 1) or not 1 <= amplitude <= self.cfg.device.pulse_max_amplitude:
+            raise InputRangeError(f"pulse polarity {polarity} (0/1) / amplitude {amplitude} "
+                                  f"(1..{self.cfg.device.pulse_max_amplitude})")
+        self._cell(tile, row, unit, cell)
+        self.write("CELL_OP", pulse=1, polarity=polarity, amplitude=amplitude)
+        self.wait_idle(0b100)
+        return self.fields("CELL_RESULT")["value"]
