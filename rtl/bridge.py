@@ -36,6 +36,7 @@ class TxFramer(wiring.Component):
 
     i: In(stream.Signature(TxByte))
     o: Out(stream.Signature(8))
+    busy: Out(1)
 
     def elaborate(self, platform):
         m = Module()
@@ -58,7 +59,8 @@ class TxFramer(wiring.Component):
                     m.next = next_state
 
         last = Signal()
-        with m.FSM():
+        with m.FSM() as fsm:
+            m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
             with m.State("IDLE"):
                 m.d.comb += crc_.start.eq(1)
                 with m.If(self.i.valid):
@@ -93,7 +95,8 @@ class TxFramer(wiring.Component):
 
 
 class HostBridge(wiring.Component):
-    """Receives frames from ``rx``, executes them, answers on ``tx``.
+    """Receives frames from ``rx``, executes them, answers on ``tx``; ``active`` while it
+    holds unprocessed bytes or a frame, or is still sending.
 
     ``regs`` is the register file's bus, ``mem`` the memory bus, ``run`` one strobe per
     :data:`RUN_UNITS` entry, ``busy`` the same units' busy flags (memory access and RUN are
@@ -115,6 +118,7 @@ class HostBridge(wiring.Component):
             "busy": In(len(RUN_UNITS)),
             "status": In(32),
             "cycles": In(32),
+            "active": Out(1),
             "frames_ok": Out(32),
             "frames_bad": Out(32),
         })
@@ -168,6 +172,7 @@ class HostBridge(wiring.Component):
         # ---- transmit ---------------------------------------------------------------------
         m.submodules.framer = framer = TxFramer()
         wiring.connect(m, framer.o, wiring.flipped(self.tx))
+        m.d.comb += self.active.eq(frame_pending | rx_fifo.r_rdy | framer.busy)
 
         # ---- executor -----------------------------------------------------------------------
         W = self.word_bits

@@ -137,7 +137,7 @@ class CimSoC(wiring.Component):
             reg("WV_DONE").eq(wv.done_count), reg("CELL_RESULT").eq(wv.cell_result),
             bridge.status.eq(status), bridge.cycles.eq(cycles),
             bridge.busy.eq(Cat(vmm.busy, wv.busy | wv.cell_busy)),
-            self.busy.eq(vmm.busy | wv.busy | wv.cell_busy),
+            self.busy.eq(vmm.busy | wv.busy | wv.cell_busy | bridge.active),
         ]
         assert RUN_UNITS == ("vmm", "wv")
 
