@@ -1,0 +1,90 @@
+"""Host-side protocol codec, register map declaration and generated artefacts."""
+import json
+import random
+
+import pytest
+
+from cimstack import preset
+from cimstack.gen import regmap_c_header, regmap_markdown, update_protocol_doc
+from cimstack.gen.registers import DOC_BEGIN, DOC_END
+from cimstack.protocol import (ESC, FLAG, Deframer, Frame, Op, crc16, encode_frame, split_words,
+                               write_mem_payload)
+from cimstack.regmap import ID_MAGIC, register_map
+
+
+def test_crc_is_xmodem_and_body_checks_to_zero():
+    assert crc16(b"123456789") == 0x31C3
+    body = Frame(7, Op.READ_REG, b"\x01\x00\x02\x00").body()
+    assert crc16(body) == 0
+
+
+def test_stuffing_hides_flag_and_escape():
+    f = Frame(FLAG, ESC, bytes([FLAG, ESC, 0x5E, 0x5D, 0]) * 20)
+    wire = encode_frame(f)
+    assert wire[0] == FLAG and wire[-1] == FLAG and FLAG not in wire[1:-1]
+    assert Deframer().feed(wire) == [f]
+
+
+def test_deframer_resynchronises_and_names_damage():
+    rng = random.Random(3)
+    frames = [Frame(i, Op.ECHO, bytes(rng.randrange(256) for _ in range(rng.randrange(40)))) for i in range(50)]
+    stream, expect = b"", []
+    for f in frames:
+        garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
+        stream += garbage + encode_frame(f)
+        expect.append(f)
+    got = [x for x in Deframer().feed(stream) if isinstance(x, Frame)]
+    assert got == expect                      # garbage costs nothing but error items
+    wire = bytearray(encode_frame(frames[5]))
+    wire[3] ^= 0x04
+    assert Deframer().feed(bytes(wire)) == ["bad CRC"]
+    assert Deframer().feed(encode_frame(frames[5])[:4] + bytes([FLAG])) == ["short body (3 bytes)"]
+    assert Deframer(max_body=10).feed(encode_frame(Frame(1, 0, bytes(20)))) == ["overflow"]
+
+
+def test_word_packing_roundtrip():
+    words = [0, 1, (1 << 72) - 1, 12345678901234567890]
+    payload = write_mem_payload(0x10, 3, words, 9)
+    assert payload[:3] == bytes([0x10, 3, 0])
+    assert split_words(payload[3:], 9) == words
+
+
+@pytest.mark.parametrize("name", ["default", "opencimtc-576x128", "ice40-tiny"])
+def test_register_map_is_consistent(name):
+    cfg = preset(name)
+    rm = register_map(cfg)
+    assert rm["ID"].reset == ID_MAGIC and rm["CONFIG_HASH"].reset == cfg.datapath.config_hash
+    for r in rm.registers:
+        used = 0
+        for f in r.fields:
+            assert f.offset + f.width <= 32, (r.name, f.name)
+            assert not used & f.mask, f"{r.name}.{f.name} overlaps another field"
+            used |= f.mask
+    assert len({s.space for s in rm.spaces}) == len(rm.spaces)
+    assert sum(1 for s in rm.spaces if s.name.endswith("_XBAR")) == cfg.array.tiles
+    data = json.loads(rm.to_json())
+    assert len(data["registers"]) == len(rm.registers)
+    assert rm["WV_AMP"].unpack(rm["WV_AMP"].pack(start=2, step=3, max=7)) == {"start": 2, "step": 3, "max": 7}
+    with pytest.raises(ValueError, match="out of range"):
+        rm["WV_AMP"].pack(start=256)
+    with pytest.raises(ValueError, match="no field"):
+        rm["WV_AMP"].pack(bogus=1)
+
+
+def test_generated_header_and_markdown_name_every_register():
+    rm = register_map(preset("default"))
+    header, md = regmap_c_header(rm), regmap_markdown(rm)
+    for r in rm.registers:
+        assert f"#define CIM_REG_{r.name} 0x{r.addr:03x}u" in header
+        assert f"`{r.name}`" in md
+
+
+def test_protocol_doc_register_map_is_current(tmp_path):
+    """docs/protocol.md carries the generated map; regenerate with python -m cimstack.gen --docs."""
+    from pathlib import Path
+    doc = Path(__file__).parent.parent / "docs" / "protocol.md"
+    copy = tmp_path / "protocol.md"
+    copy.write_text(doc.read_text())
+    assert DOC_BEGIN in copy.read_text() and DOC_END in copy.read_text()
+    assert not update_protocol_doc(copy, preset("default")), \
+        "docs/protocol.md's register map is stale: run python -m cimstack.gen --docs"
