@@ -201,14 +201,15 @@ class CimSoC(wiring.Component):
         m.d.sync += rd_wait.eq(mem.re & ~mem.ack)
         m.d.comb += [act_r_host.addr.eq(mem.addr), jobs_r_host.addr.eq(mem.addr), res_r_host.addr.eq(mem.addr)]
         # the engines own their write ports while running; the bridge refuses memory ops then
+        host_act_we, host_res_we = Signal(), Signal()
         with m.If(vmm.busy):
             m.d.comb += [act_w.addr.eq(vmm.wr_addr), act_w.data.eq(vmm.wr_data), act_w.en.eq(vmm.wr_en)]
         with m.Else():
-            m.d.comb += [act_w.addr.eq(mem.addr), act_w.data.eq(mem.w_data[:32])]
+            m.d.comb += [act_w.addr.eq(mem.addr), act_w.data.eq(mem.w_data[:32]), act_w.en.eq(host_act_we)]
         with m.If(wv.busy):
             m.d.comb += [res_w.addr.eq(wv.res_addr), res_w.data.eq(wv.res_data), res_w.en.eq(wv.res_we)]
         with m.Else():
-            m.d.comb += [res_w.addr.eq(mem.addr), res_w.data.eq(mem.w_data[:32])]
+            m.d.comb += [res_w.addr.eq(mem.addr), res_w.data.eq(mem.w_data[:32]), res_w.en.eq(host_res_we)]
         m.d.comb += [jobs_w.addr.eq(mem.addr), jobs_w.data.eq(mem.w_data[:64])]
 
         post_bits = cfg.post.bias_bits + cfg.post.scale_bits
@@ -216,11 +217,11 @@ class CimSoC(wiring.Component):
             for space in regmap.spaces:
                 with m.Case(space.space):
                     if space.name == "ACT":
-                        m.d.comb += [act_w.en.eq(mem.we & ~vmm.busy), mem.r_data.eq(act_r_host.data)]
+                        m.d.comb += [host_act_we.eq(mem.we), mem.r_data.eq(act_r_host.data)]
                     elif space.name == "WV_JOBS":
                         m.d.comb += [jobs_w.en.eq(mem.we), mem.r_data.eq(jobs_r_host.data)]
                     elif space.name == "WV_RESULTS":
-                        m.d.comb += [res_w.en.eq(mem.we & ~wv.busy), mem.r_data.eq(res_r_host.data)]
+                        m.d.comb += [host_res_we.eq(mem.we), mem.r_data.eq(res_r_host.data)]
                     if space.tile is None:
                         m.d.comb += mem.ack.eq(mem.we | (mem.re & rd_wait))
                     else:

@@ -14,6 +14,8 @@ from cimstack.golden import STUCK_AT_0, STUCK_AT_MAX, GoldenTile
 from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
 
+from conftest import random_inputs, random_tile
+
 N_VMM = 200
 
 CONFIGS = {
@@ -46,34 +48,6 @@ def make_config(name: str) -> ChipConfig:
 def rtl(request, tmp_path_factory):
     cfg = make_config(request.param)
     return build_tile(cfg, tmp_path_factory.mktemp("verilator"))
-
-
-def random_tile(cfg: ChipConfig, rng: np.random.Generator, stuck_rate: float = 0.02) -> GoldenTile:
-    """A golden tile with random weights, fractional states, stuck cells, post parameters and
-    run-time registers."""
-    dp, a, p = cfg.datapath, cfg.array, cfg.post
-    tile = GoldenTile(cfg)
-    tile.program_weights(rng.integers(dp.weight_min, dp.weight_max + 1, (a.rows, a.cols)))
-    frac = rng.integers(0, 1 << cfg.cell.frac_bits, tile.state.shape)
-    stuck = rng.choice([0, STUCK_AT_0, STUCK_AT_MAX], tile.state.shape,
-                       p=[1 - stuck_rate, stuck_rate / 2, stuck_rate / 2])
-    tile.set_state(tile.state + frac, stuck)
-    # near-nominal registers so outputs spread over the range (the register test goes wild)
-    tile.set_post(bias=rng.integers(-(1 << (p.bias_bits - 4)), 1 << (p.bias_bits - 4), a.cols),
-                  scale=rng.integers(0, min(1 << p.scale_bits, 2 << p.shift), a.cols))
-    tile.adc_gain = int(rng.integers(max(1, cfg.adc.gain // 2), 2 * cfg.adc.gain + 1))
-    tile.adc_offset = int(rng.integers(dp.adc_min // 4, dp.adc_max // 4 + 1))
-    tile.relu = bool(rng.integers(0, 2))
-    return tile
-
-
-def random_inputs(cfg: ChipConfig, rng: np.random.Generator, n: int) -> np.ndarray:
-    bits = cfg.input.bits
-    lo = -(1 << (bits - 1)) + (1 if cfg.input.mode == "unary" else 0)
-    hi = (1 << (bits - 1)) - 1
-    x = rng.integers(lo, hi + 1, (n, cfg.array.rows))
-    x[0], x[1] = lo, hi                       # the extremes: most negative top digit, saturation
-    return x
 
 
 def assert_same(expected: list, got: list, what: str) -> None:
