@@ -136,14 +136,19 @@ class Device:
 
     def write_verify(self, tile: int, jobs: list[WriteVerifyJob], max_pulses: int = 32,
                      amp_start: int = 1, amp_step: int = 1, amp_max: int | None = None) -> list[WriteVerifyResult]:
-        """Program cells with the on-chip write-verify controller; per-cell results."""
+        """Program cells with the on-chip write-verify controller (in batches of
+        ``soc.wv_jobs``); per-cell results in job order."""
         amp_max = self.cfg.device.pulse_max_amplitude if amp_max is None else amp_max
         check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
-        if not jobs:
-            return []
-        lay = self.map.space("WV_JOBS")
+        out: list[WriteVerifyResult] = []
+        per = self.cfg.soc.wv_jobs                   # the job memory's size: run in batches
+        for start in range(0, len(jobs), per):
+            out += self._write_verify_batch(tile, jobs[start:start + per], max_pulses, amp_start, amp_step, amp_max)
+        return out
+
+    def _write_verify_batch(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max) -> list[WriteVerifyResult]:
         words = [j.target | j.tol << 16 | j.row << 24 | j.group << 40 | j.lane << 48 | j.cell << 56 for j in jobs]
-        self.write_memory(lay.name, 0, words)
+        self.write_memory("WV_JOBS", 0, words)
         self.write("WV_TILE", tile=tile)
         self.write("WV_COUNT", count=len(jobs))
         self.write("WV_MAX_PULSES", pulses=max_pulses)

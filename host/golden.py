@@ -264,8 +264,6 @@ def check_write_verify(cfg: ChipConfig, tile: int, jobs, max_pulses: int, amp_st
                               f"need 1 <= start <= max <= device.pulse_max_amplitude = {amax}, step 0..255")
     if not 0 <= max_pulses <= 1023:
         raise InputRangeError(f"write-verify pulse budget {max_pulses} outside 0..1023")
-    if len(jobs) > cfg.soc.wv_jobs:
-        raise InputRangeError(f"{len(jobs)} write-verify jobs exceed soc.wv_jobs = {cfg.soc.wv_jobs}")
     for j in jobs:
         if not (0 <= j.row < a.rows and 0 <= j.group < dp.groups and 0 <= j.lane < a.mac_lanes
                 and 0 <= j.cell < dp.cells_per_unit and 0 <= j.target < 1 << dp.state_bits

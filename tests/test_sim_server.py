@@ -1,0 +1,174 @@
+"""The simulation server end to end: a 2-layer MLP programmed through the TCP link (one
+layer loaded directly, one by the on-chip write-verify controller) and run on the simulated
+SoC, bit for bit against the golden model; link faults; the CLI's start and clean stop."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cimstack.device import Device
+from cimstack.errors import ConfigMismatchError, InputRangeError, LinkError
+from cimstack.golden import GoldenSoC, WriteVerifyJob
+from cimstack.link import Link
+from cimstack.mapping import weights_to_codes
+from cimstack.regmap import WV_CONVERGED
+from cimstack.sim.server import SimServer
+
+from conftest import soc_test_config
+
+
+@pytest.fixture(scope="module")
+def server():
+    with SimServer(soc_test_config()) as srv:
+        yield srv
+
+
+def mlp_jobs(cfg, w2_padded) -> list[WriteVerifyJob]:
+    """Write-verify jobs placing every cell of layer 2's codes mid-way into its code's range."""
+    pos, neg = weights_to_codes(w2_padded, cfg)
+    frac, lanes = cfg.cell.frac_bits, cfg.array.mac_lanes
+    jobs = []
+    for cell, codes in enumerate((pos, neg)):
+        for r, u in zip(*np.nonzero(codes)):
+            jobs.append(WriteVerifyJob(int(r), int(u) // lanes, int(u) % lanes, cell,
+                                       target=int(codes[r, u]) << frac | 1 << (frac - 1), tol=(1 << (frac - 1)) - 1))
+    return jobs
+
+
+def test_mlp_through_the_socket_matches_golden(server):
+    cfg = server.cfg
+    a, dp = cfg.array, cfg.datapath
+    rng = np.random.default_rng(7)
+    w1 = rng.integers(dp.weight_min, dp.weight_max + 1, (a.rows, a.cols))          # 32 -> 16
+    w2 = np.zeros((a.rows, a.cols), dtype=np.int64)
+    w2[:16, :10] = rng.integers(dp.weight_min, dp.weight_max + 1, (16, 10))        # 16 -> 10
+    model = GoldenSoC(cfg)
+    model.tiles[0].program_weights(w1)
+    model.tiles[0].set_post(bias=rng.integers(-40, 40, a.cols), scale=np.ones(a.cols, dtype=np.int64))
+    model.tiles[0].relu = True
+    model.tiles[1].set_post(bias=np.zeros(a.cols, dtype=np.int64), scale=np.full(a.cols, 2))
+    jobs = mlp_jobs(cfg, w2)
+
+    with Link(server.url, timeout=5.0) as link:
+        dev = Device(link, cfg)
+        dev.reseed(1234)
+        model.reseed(1234)
+        dev.load_tile(0, model.tiles[0])
+        dev.load_tile(1, model.tiles[1])             # all cells at state 0: RESET before programming
+        results = dev.write_verify(1, jobs, max_pulses=64, amp_start=1, amp_step=1)
+        expected = model.write_verify(1, jobs, 64, 1, 1, cfg.device.pulse_max_amplitude)
+        assert results == expected
+        assert all(r.status == WV_CONVERGED for r in results), "healthy cells must converge"
+        # verify reads are noisy (1 % of full scale), so a converged cell can still sit one
+        # code off: nearly all units must be exact, none off by more than one code
+        diff = model.tiles[1].effective_weights() - _slice_sum(cfg, w2)
+        assert np.abs(diff).max() <= 1 and (diff == 0).mean() >= 0.98
+
+        xs = rng.integers(-(1 << (cfg.input.bits - 1)), 1 << (cfg.input.bits - 1), (24, a.rows))
+        out_chip, out_gold = [], []
+        for x in xs:
+            dev.write_act(0, x)
+            model.act[:a.rows] = x
+            dev.vmm(0, src=0, dst=64)
+            dev.vmm(1, src=64, dst=128)
+            model.vmm(0, 0, 64)
+            model.vmm(1, 64, 128)
+            out_chip.append(dev.read_act(128, 10))
+            out_gold.append(model.act[128:138].copy())
+    out_chip, out_gold = np.array(out_chip), np.array(out_gold)
+    np.testing.assert_array_equal(out_chip, out_gold)
+    assert len(np.unique(out_gold)) > 40                 # the outputs really vary
+
+
+def _slice_sum(cfg, w):
+    """The per-unit signed code differences programming ``w`` exactly would give."""
+    pos, neg = weights_to_codes(w, cfg)
+    return pos - neg
+
+
+def test_link_faults_and_identity(server, tmp_path):
+    cfg = server.cfg
+    with Link(server.url, timeout=2.0) as link:
+        other = cfg.replace(name="other", seed=99)
+        with pytest.raises(ConfigMismatchError, match="hash"):
+            Device(link, other)
+        dev = Device(link, cfg)
+        with pytest.raises(InputRangeError, match="do not fit"):
+            dev.vmm(0, src=cfg.soc.act_words - 3, dst=0)
+        with pytest.raises(InputRangeError, match="amplitude"):
+            dev.pulse_cell(0, 0, 0, 0, polarity=0, amplitude=0)
+        assert link.echo(bytes(range(256))) == bytes(range(256))
+    with pytest.raises(LinkError, match="cannot open"):
+        Link("socket://127.0.0.1:1", timeout=0.5)
+
+
+def test_device_that_stops_answering_raises():
+    srv = SimServer(soc_test_config())
+    link = Link(srv.url, timeout=0.5, retries=1)
+    assert link.echo(b"x") == b"x"
+    srv.stop()
+    with pytest.raises(LinkError):            # LinkTimeout or a closed connection, never a hang
+        link.read_regs(0)
+    link.close()
+
+
+def _children_named(name: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if name in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_cli_serve_prints_address_and_stops_cleanly(server, tmp_path):
+    cfg = server.cfg
+    cfg_file = tmp_path / "chip.toml"
+    cfg.save(cfg_file)
+    proc = subprocess.Popen([sys.executable, "-m", "cimstack.cli", "sim", "serve", "--config", str(cfg_file), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 300
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the server exited before printing its address"
+            if "listening on" in line:
+                url = line.rsplit("->", 1)[1].strip()
+        assert url and url.startswith("socket://127.0.0.1:")
+        port = url.rsplit(":", 1)[1]
+        with Link(url, timeout=5.0) as link:
+            assert Device(link, cfg).read("SCRATCH") == 0
+        harness = [p for p in _children_named("cim_server") if _parent(p) == proc.pid]
+        assert len(harness) == 1, f"expected one C++ harness under the CLI, found {harness}"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "stopped after" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    assert not Path(f"/proc/{harness[0]}").exists() or _zombie(harness[0]), "the C++ harness outlived the CLI"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
