@@ -21,16 +21,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## sim: build the tile RTL with Verilator and run the cocotb benches only
+## sim: build the tile and SoC RTL with Verilator and run the cocotb benches only
 sim: $(STAMP)
-	$(PY) -m pytest -q tests/test_tile_rtl.py
+	$(PY) -m pytest -q tests/test_tile_rtl.py tests/test_soc_rtl.py
 
-## gen: write the tile Verilog for PRESET under build/
+## gen: write the SoC Verilog and register map (JSON, Markdown, C header) for PRESET under build/gen
 gen: $(STAMP)
 	$(PY) -m cimstack.gen --preset $(PRESET)
+
+## bench: SoC benchmarks over the simulation server (JSON under build/bench/)
+bench: $(STAMP)
+	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
 
 clean:
 	rm -rf build .pytest_cache
 
-distclean: clean
+dist## bench: SoC benchmarks over the simulation server (JSON under build/bench/)
+bench: $(STAMP)
+	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
+
+clean: clean
 	rm -rf $(VENV)

@@ -181,6 +181,8 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  (_f("addr", 0, 16, "word address"),)),
         Register("VMM_FLAGS", 0x013, "rw", "VMM options.",
                  (_f("accumulate", 0, 1, "add the outputs to the buffer (wrapping 32-bit) instead of storing them"),)),
+        Register("VMM_CYCLES", 0x014, "ro", "Clock cycles the last VMM took, from RUN to its last output stored.",
+                 _whole("cycles")),
         # write-verify
         Register("WV_TILE", 0x018, "rw", "Tile the write-verify job list programs.", (_f("tile", 0, 8, "tile index"),)),
         Register("WV_COUNT", 0x019, "rw", "Number of jobs (from entry 0 of WV_JOBS) the next run processes.",

@@ -31,7 +31,7 @@ class VmmEngine(wiring.Component):
         self.cfg = cfg
         super().__init__({
             "start": In(1), "sel_tile": In(8), "src": In(16), "dst": In(16), "accumulate": In(1),
-            "busy": Out(1), "tile": Out(8),
+            "busy": Out(1), "tile": Out(8), "cycles": Out(32),
             "x": Out(stream.Signature(signed(cfg.input.bits))),
             "y": In(stream.Signature(signed(cfg.post.out_bits))),
             "rd_addr": Out(16), "rd_data": In(32),
@@ -44,6 +44,9 @@ class VmmEngine(wiring.Component):
         rows, cols, ib = cfg.array.rows, cfg.array.cols, cfg.input.bits
         src, dst, acc = Signal(16), Signal(16), Signal()
         i = Signal(16)
+        count = Signal(32)
+        with m.If(self.busy):
+            m.d.sync += count.eq(count + 1)
         m.d.comb += [self.x.payload.eq(_clamp(self.rd_data.as_signed(), -(1 << (ib - 1)), (1 << (ib - 1)) - 1)),
                      self.wr_addr.eq(dst + i), self.wr_data.eq(Mux(acc, self.rd_data + self.y.payload, self.y.payload))]
         with m.FSM():
@@ -72,7 +75,7 @@ class VmmEngine(wiring.Component):
                 with m.If(self.y.valid):
                     m.d.comb += self.wr_en.eq(1)
                     with m.If(i == cols - 1):
-                        m.d.sync += self.busy.eq(0)
+                        m.d.sync += [self.busy.eq(0), self.cycles.eq(count + 1), count.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
                         m.d.sync += i.eq(i + 1)
@@ -134,7 +137,7 @@ class CimSoC(wiring.Component):
         m.d.comb += [
             reg("STATUS").eq(status), reg("CYCLES").eq(cycles),
             reg("LINK_FRAMES").eq(bridge.frames_ok), reg("LINK_ERRORS").eq(bridge.frames_bad),
-            reg("WV_DONE").eq(wv.done_count), reg("CELL_RESULT").eq(wv.cell_result),
+            reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(vmm.cycles), reg("CELL_RESULT").eq(wv.cell_result),
             bridge.status.eq(status), bridge.cycles.eq(cycles),
             bridge.busy.eq(Cat(vmm.busy, wv.busy | wv.cell_busy)),
             self.busy.eq(vmm.busy | wv.busy | wv.cell_busy | bridge.active),

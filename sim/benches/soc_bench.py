@@ -9,13 +9,15 @@ The job (``job.json`` in $CIMSTACK_JOB_DIR, written by
 
 plus ``phy`` ("stream" or "uart"), ``divisor`` (cycles per UART bit), ``rx_stall`` and
 ``tx_stall`` (probabilities of a stalled byte-stream cycle, stream phy only) and ``seed``.
-``result.json`` lists per step the hex wire bytes received and the cycles taken. The host
+``result.json`` lists per step the hex wire bytes received and the cycles taken, and the
+wall time of the whole replay. The host
 side (framing, golden comparison) stays in pytest, so the bench knows nothing of the protocol
 beyond counting FLAG bytes.
 """
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import cocotb
@@ -140,6 +142,7 @@ async def run_job(dut):
     link.start_receiver()
 
     out, cycles = [], []
+    start = time.perf_counter()
     for step in job["steps"]:
         c0 = link.cycle
         if "send" in step:
@@ -166,5 +169,6 @@ async def run_job(dut):
         else:
             raise ValueError(f"unknown step {step}")
         cycles.append(link.cycle - c0)
+    wall = time.perf_counter() - start
     await Timer(1, unit="ns")
-    (job_dir / "result.json").write_text(json.dumps({"results": out, "cycles": cycles}))
+    (job_dir / "result.json").write_text(json.dumps({"results": out, "cycles": cycles, "wall_s": wall}))
