@@ -250,15 +250,18 @@ class SocConfig:
 
     ``act_words`` 32-bit words of activation buffer; ``wv_jobs`` entries of write-verify job
     list (and as many results); ``max_payload`` the largest frame payload in bytes the host
-    bridge buffers (a frame is checked completely before anything it carries is applied).
+    bridge buffers (a frame is checked completely before anything it carries is applied);
+    ``instr_words`` 64-bit words of sequencer program memory.
     """
 
     act_words: int = 4096
     wv_jobs: int = 1024
     max_payload: int = 1024
+    instr_words: int = 256
 
     def __post_init__(self):
         _check_int("soc", "act_words", self.act_words, 16, 65536)
+        _check_int("soc", "instr_words", self.instr_words, 4, 4096)
         _check_int("soc", "wv_jobs", self.wv_jobs, 1, 65536)
         _check_int("soc", "max_payload", self.max_payload, 64, 16384)
 
@@ -508,7 +511,7 @@ def _ice40_tiny() -> ChipConfig:
         adc=AdcConfig(bits=6, gain=4, gain_shift=2),
         post=PostConfig(out_bits=16, bias_bits=12, scale_bits=4),
         clock=ClockConfig(clock_hz=12_000_000, uart_baud=115_200),
-        soc=SocConfig(act_words=512, wv_jobs=256, max_payload=256),
+        soc=SocConfig(act_words=512, wv_jobs=256, max_payload=256, instr_words=64),
     )
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .config import ChipConfig
-from .errors import ConfigMismatchError, InputRangeError, LinkTimeout
+from .errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeout
 from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_verify
 from .link import Link
 from .mapping import check_post_params
@@ -53,7 +53,7 @@ class Device:
                 f"{self.link.url} was built from a config with hash 0x{chash:08x}, the host uses "
                 f"{self.cfg.name!r} with hash 0x{want:08x}")
 
-    def wait_idle(self, mask: int = 0b111) -> int:
+    def wait_idle(self, mask: int = 0b1111) -> int:
         """Poll STATUS until the units in ``mask`` are idle; returns the CYCLES counter."""
         deadline = time.monotonic() + self.poll_timeout
         while True:
@@ -133,6 +133,31 @@ class Device:
         self.link.run(0)
         if wait:
             self.wait_idle(0b001)
+
+    def run_program(self, program, iters: int = 1, in_stride: int = 0, out_stride: int = 0,
+                    pc: int = 0, wait: bool = True) -> None:
+        """Load a sequencer program (``isa.Instr`` list or instruction words) at ``pc`` and
+        run it; ``iters`` LOOP iterations with COPY strides ``in_stride``/``out_stride``."""
+        from .isa import assemble, check_program, disassemble
+        if program and isinstance(program[0], int):
+            words = list(program)
+            check_program(disassemble(words), self.cfg, pc)
+        else:
+            words = assemble(program, self.cfg, pc)
+        if not (1 <= iters < 1 << 16 and 0 <= in_stride < 1 << 16 and 0 <= out_stride < 1 << 16):
+            raise InputRangeError(f"iters {iters} (1..65535) / strides {in_stride}, {out_stride} (0..65535)")
+        last = max(in_stride, out_stride) * (iters - 1)
+        if last >= self.cfg.soc.act_words:
+            raise InputRangeError(f"{iters} iterations of stride {max(in_stride, out_stride)} run past the "
+                                  f"{self.cfg.soc.act_words}-word activation buffer")
+        self.write_memory("INSTR", pc, words)
+        self.link.write_regs(self.map["SEQ_PC"].addr, [pc, iters, in_stride, out_stride])
+        self.link.run(2)
+        if wait:
+            self.wait_idle(0b1001)
+            state = self.fields("SEQ_STATE")
+            if state["error"]:
+                raise DeviceError(f"the sequencer stopped on an invalid instruction at {state['pc']}")
 
     def write_verify(self, tile: int, jobs: list[WriteVerifyJob], max_pulses: int = 32,
                      amp_start: int = 1, amp_step: int = 1, amp_max: int | None = None) -> list[WriteVerifyResult]:

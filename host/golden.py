@@ -272,6 +272,10 @@ def check_write_verify(cfg: ChipConfig, tile: int, jobs, max_pulses: int, amp_st
                                   f"lanes {a.mac_lanes}, cells {dp.cells_per_unit}, target < {1 << dp.state_bits}, tol <= 255)")
 
 
+def _wrap32(v):
+    return ((np.asarray(v, dtype=np.int64) + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
+
+
 class GoldenSoC:
     """Bit-exact model of the SoC around the tiles: activation buffer, VMM engine,
     write-verify controller and single-cell access (the register semantics of
@@ -298,8 +302,58 @@ class GoldenSoC:
         x = _clamp_signed(self.act[src:src + rows], cfg.input.bits)
         y = self.tiles[tile].vmm(x)
         new = self.act[dst:dst + cols] + y if accumulate else y
-        self.act[dst:dst + cols] = ((new + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
+        self.act[dst:dst + cols] = _wrap32(new)
         return y
+
+    def vmm_tiles(self, tile: int, count: int, src: int, dst: int, acc: bool = False,
+                  split_rows: bool = False, split_cols: bool = False) -> None:
+        """The sequencer's VMM: tiles tile..tile+count-1, inputs read (all of them) before
+        outputs are stored or accumulated (see :mod:`cimstack.isa`)."""
+        cfg = self.cfg
+        rows, cols = cfg.array.rows, cfg.array.cols
+        xs = [_clamp_signed(self.act[src + k * rows * split_rows:][:rows], cfg.input.bits) for k in range(count)]
+        for k, x in enumerate(xs):
+            y = self.tiles[tile + k].vmm(x)
+            d = dst + k * cols * split_cols
+            new = self.act[d:d + cols] + y if acc else y
+            self.act[d:d + cols] = _wrap32(new)
+
+    def run_program(self, words: list[int], iters: int = 1, in_stride: int = 0, out_stride: int = 0,
+                    pc: int = 0, max_steps: int = 1_000_000) -> int:
+        """Interpret a sequencer program (instruction words); returns the instructions executed."""
+        from .isa import decode
+        it, steps = 0, 0
+        while steps < max_steps:
+            ins = decode(words[pc])
+            g, steps = ins.args, steps + 1
+            if ins.op == "HALT":
+                return steps
+            if ins.op == "VMM":
+                self.vmm_tiles(g["tile"], g["count"], g["src"], g["dst"], bool(g["acc"]),
+                               bool(g["split_rows"]), bool(g["split_cols"]))
+            elif ins.op == "POST":
+                for i in range(g["n"]):
+                    v = prng.round_shift(int(self.act[g["src"] + i]) * g["mul"], g["shift"])
+                    if g["relu"]:
+                        v = max(v, 0)
+                    self.act[g["dst"] + i] = min(max(v, -(1 << 31)), (1 << 31) - 1)
+            elif ins.op == "COPY":
+                s = g["src"] + it * in_stride * g["src_iter"]
+                d = g["dst"] + it * out_stride * g["dst_iter"]
+                if max(s, d) + g["n"] > len(self.act):
+                    raise InputRangeError(f"COPY at instruction {pc}, iteration {it}: words {s}/{d} + {g['n']} "
+                                          f"outside the {len(self.act)}-word buffer")
+                for i in range(g["n"]):
+                    self.act[d + i] = self.act[s + i]
+            elif ins.op == "FILL":
+                self.act[g["dst"]:g["dst"] + g["n"]] = g["value"]
+            elif ins.op == "LOOP":
+                it += 1
+                if it < iters:
+                    pc = g["target"]
+                    continue
+            pc += 1
+        raise InputRangeError(f"program ran {max_steps} instructions without HALT")
 
     def read_cell(self, tile: int, row: int, unit: int, cell: int) -> int:
         """A verify read: the effective state plus read noise from the verify generator."""

@@ -37,7 +37,7 @@ class Op(enum.IntEnum):
     WRITE_REG = 0x02   # addr u16, value u32 x n           -> empty
     READ_MEM = 0x03    # space u8, addr u16, count u16     -> count x word_bytes
     WRITE_MEM = 0x04   # space u8, addr u16, words         -> empty
-    RUN = 0x05         # unit u8 (0 VMM engine, 1 write-verify) -> empty
+    RUN = 0x05         # unit u8 (0 single VMM, 1 write-verify, 2 sequencer program) -> empty
     STATUS = 0x06      # empty                             -> STATUS u32, CYCLES u32
     ERROR = 0x7F       # response only: code u8, request op u8
 

@@ -158,9 +158,10 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  (_f("rows", 0, 16, "rows per tile"), _f("cols", 16, 16, "logical columns per tile")),
                  a.rows | a.cols << 16, const=True),
         Register("STATUS", 0x005, "ro", "What is running.",
-                 (_f("vmm_busy", 0, 1, "the VMM engine is running"),
+                 (_f("vmm_busy", 0, 1, "the sequencer is running (a single VMM or a program)"),
                   _f("wv_busy", 1, 1, "the write-verify controller is running a job list"),
-                  _f("cell_busy", 2, 1, "a single-cell operation is in progress"))),
+                  _f("cell_busy", 2, 1, "a single-cell operation is in progress"),
+                  _f("seq_busy", 3, 1, "a sequencer program is running"))),
         Register("CYCLES", 0x006, "ro", "Free-running system clock cycle counter (wraps at 2**32).",
                  _whole("cycles")),
         Register("SCRATCH", 0x007, "rw", "Scratch register for link tests; no effect.", _whole("value")),
@@ -173,7 +174,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  "Frames rejected (bad CRC, bad length, overflow, unknown opcode or address) (wraps).",
                  _whole("count")),
         # VMM engine
-        Register("VMM_TILE", 0x010, "rw", "Tile the VMM engine runs on.", (_f("tile", 0, 8, "tile index"),)),
+        Register("VMM_TILE", 0x010, "rw", "Tile a single VMM (RUN unit 0) runs on.", (_f("tile", 0, 8, "tile index"),)),
         Register("VMM_SRC", 0x011, "rw",
                  "Activation-buffer address of the input vector (rows words, each clamped to the "
                  "input range).", (_f("addr", 0, 16, "word address"),)),
@@ -181,8 +182,21 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  (_f("addr", 0, 16, "word address"),)),
         Register("VMM_FLAGS", 0x013, "rw", "VMM options.",
                  (_f("accumulate", 0, 1, "add the outputs to the buffer (wrapping 32-bit) instead of storing them"),)),
-        Register("VMM_CYCLES", 0x014, "ro", "Clock cycles the last VMM took, from RUN to its last output stored.",
+        Register("VMM_CYCLES", 0x014, "ro", "Clock cycles the last VMM instruction took, from its start to its last output stored.",
                  _whole("cycles")),
+        # sequencer
+        Register("SEQ_PC", 0x030, "rw", "Instruction address a program run (RUN unit 2) starts at.",
+                 (_f("pc", 0, 12, "instruction address"),)),
+        Register("SEQ_ITERS", 0x031, "rw", "Iterations of the program's LOOP (the batch size).",
+                 (_f("iters", 0, 16, "iterations"),), 1),
+        Register("SEQ_IN_STRIDE", 0x032, "rw", "Words COPY adds to src per iteration when src_iter is set.",
+                 (_f("stride", 0, 16, "words"),)),
+        Register("SEQ_OUT_STRIDE", 0x033, "rw", "Words COPY adds to dst per iteration when dst_iter is set.",
+                 (_f("stride", 0, 16, "words"),)),
+        Register("SEQ_STATE", 0x034, "ro", "Where the sequencer is.",
+                 (_f("pc", 0, 12, "current instruction address"), _f("iteration", 16, 15, "loop iteration"),
+                  _f("error", 31, 1, "the last program hit an invalid opcode"))),
+        Register("SEQ_EXECUTED", 0x035, "ro", "Instructions the last program executed.", _whole("count")),
         # write-verify
         Register("WV_TILE", 0x018, "rw", "Tile the write-verify job list programs.", (_f("tile", 0, 8, "tile index"),)),
         Register("WV_COUNT", 0x019, "rw", "Number of jobs (from entry 0 of WV_JOBS) the next run processes.",
@@ -223,6 +237,8 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
     spaces = [
         MemorySpace("ACT", 0x00, 4, 32, s.act_words, "rw",
                     "Activation buffer: signed 32-bit inputs and outputs of VMMs."),
+        MemorySpace("INSTR", 0x03, 8, 64, s.instr_words, "rw",
+                    "Sequencer program: 64-bit instructions (docs/sequencer.md)."),
         MemorySpace("WV_JOBS", 0x01, 8, 64, s.wv_jobs, "rw",
                     "Write-verify jobs: target (16, state LSBs) | tol (8) | row (16) | group (8) | "
                     "lane (8) | cell (1), from bit 0 up."),

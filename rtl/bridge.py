@@ -16,7 +16,7 @@ from cimstack.regmap import RegisterMap
 
 __all__ = ["HostBridge", "TxFramer", "MemoryBus", "RUN_UNITS"]
 
-RUN_UNITS = ("vmm", "wv")        # RUN's unit byte indexes this tuple
+RUN_UNITS = ("vmm", "wv", "seq")        # RUN's unit byte indexes this tuple
 
 
 def MemoryBus(word_bits: int) -> wiring.Signature:

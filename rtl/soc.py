@@ -1,5 +1,11 @@
-"""The SoC top: tiles, activation buffer, VMM engine, write-verify controller, register file
-and host bridge, behind a UART (boards) or a byte stream (the simulation server).
+"""The SoC top: tiles on a router mesh with the activation buffer, the sequencer, the
+write-verify controller, the register file and the host bridge, behind a UART (boards) or a
+byte stream (the simulation server)::
+
+    host ─ UART/stream ─ HostBridge ─┬─ RegisterFile ── control of every unit
+                                     └─ memory bus ─── ACT, INSTR, WV_*, tile loads
+    Sequencer (node 0, owns ACT) ══ Mesh (XY routers) ══ TileInterface ─ CimTile (nodes 1..N)
+    WriteVerifyController ── pulse ports of the tiles
 
 Host-visible behaviour is :class:`cimstack.golden.GoldenSoC` plus the register map of
 :mod:`cimstack.regmap` and the protocol of :mod:`cimstack.protocol`.
@@ -15,72 +21,14 @@ from cimstack.errors import ConfigError
 from cimstack.regmap import register_map
 
 from .bridge import RUN_UNITS, HostBridge
+from .noc import Mesh, TileInterface
 from .regs import RegisterFile, port_name
-from .tile import CimTile, _clamp
+from .sequencer import Sequencer
+from .tile import CimTile, Layouts
 from .uart import UartRx, UartTx, uart_divisor
 from .writeverify import JobLayout, ResultLayout, WriteVerifyController
 
-__all__ = ["CimSoC", "VmmEngine"]
-
-
-class VmmEngine(wiring.Component):
-    """Runs one VMM: streams act[src .. src+rows) (clamped to the input range) into the
-    selected tile and writes (or adds, wrapping) its cols outputs to act[dst ..)."""
-
-    def __init__(self, cfg: ChipConfig):
-        self.cfg = cfg
-        super().__init__({
-            "start": In(1), "sel_tile": In(8), "src": In(16), "dst": In(16), "accumulate": In(1),
-            "busy": Out(1), "tile": Out(8), "cycles": Out(32),
-            "x": Out(stream.Signature(signed(cfg.input.bits))),
-            "y": In(stream.Signature(signed(cfg.post.out_bits))),
-            "rd_addr": Out(16), "rd_data": In(32),
-            "wr_addr": Out(16), "wr_data": Out(32), "wr_en": Out(1),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        cfg = self.cfg
-        rows, cols, ib = cfg.array.rows, cfg.array.cols, cfg.input.bits
-        src, dst, acc = Signal(16), Signal(16), Signal()
-        i = Signal(16)
-        count = Signal(32)
-        with m.If(self.busy):
-            m.d.sync += count.eq(count + 1)
-        m.d.comb += [self.x.payload.eq(_clamp(self.rd_data.as_signed(), -(1 << (ib - 1)), (1 << (ib - 1)) - 1)),
-                     self.wr_addr.eq(dst + i), self.wr_data.eq(Mux(acc, self.rd_data + self.y.payload, self.y.payload))]
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [src.eq(self.src), dst.eq(self.dst), acc.eq(self.accumulate),
-                                 self.tile.eq(self.sel_tile), i.eq(0), self.busy.eq(1)]
-                    m.next = "X_WAIT"
-            with m.State("X_WAIT"):
-                m.d.comb += self.rd_addr.eq(src + i)
-                m.next = "X_SEND"
-            with m.State("X_SEND"):
-                m.d.comb += [self.rd_addr.eq(src + i), self.x.valid.eq(1)]
-                with m.If(self.x.ready):
-                    with m.If(i == rows - 1):
-                        m.d.sync += i.eq(0)
-                        m.next = "Y_WAIT"
-                    with m.Else():
-                        m.d.sync += i.eq(i + 1)
-                        m.next = "X_WAIT"
-            with m.State("Y_WAIT"):
-                m.d.comb += self.rd_addr.eq(dst + i)
-                m.next = "Y_TAKE"
-            with m.State("Y_TAKE"):
-                m.d.comb += [self.rd_addr.eq(dst + i), self.y.ready.eq(1)]
-                with m.If(self.y.valid):
-                    m.d.comb += self.wr_en.eq(1)
-                    with m.If(i == cols - 1):
-                        m.d.sync += [self.busy.eq(0), self.cycles.eq(count + 1), count.eq(0)]
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += i.eq(i + 1)
-                        m.next = "Y_WAIT"
-        return m
+__all__ = ["CimSoC"]
 
 
 class CimSoC(wiring.Component):
@@ -89,6 +37,8 @@ class CimSoC(wiring.Component):
     high while any unit runs or the bridge holds a frame (the server sleeps when it is low)."""
 
     def __init__(self, cfg: ChipConfig, phy: str = "uart"):
+        if cfg.array.tiles > 63:
+            raise ConfigError(f"array.tiles = {cfg.array.tiles}: the sequencer addresses at most 63 tiles")
         if phy not in ("uart", "stream"):
             raise ConfigError(f"phy must be 'uart' or 'stream', got {phy!r}")
         self.cfg, self.phy = cfg, phy
@@ -106,12 +56,22 @@ class CimSoC(wiring.Component):
         a = cfg.array
         m.submodules.regs = regs = RegisterFile(regmap)
         m.submodules.bridge = bridge = HostBridge(cfg, regmap)
-        m.submodules.vmm = vmm = VmmEngine(cfg)
+        m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.wv = wv = WriteVerifyController(cfg)
+        m.submodules.mesh = mesh = Mesh(a.tiles + 1)
+        wiring.connect(m, seq.inject, mesh.inject[0])
+        wiring.connect(m, mesh.eject[0], seq.eject)
         tiles = []
+        col_bits = Layouts(cfg).col_bits
         for t in range(a.tiles):
             tile = CimTile(cfg, t)
+            ni = TileInterface(a.tiles + 1, cfg.input.bits, cfg.post.out_bits, col_bits)
             m.submodules[f"tile{t}"] = tile
+            m.submodules[f"ni{t}"] = ni
+            wiring.connect(m, mesh.eject[t + 1], ni.eject)
+            wiring.connect(m, ni.inject, mesh.inject[t + 1])
+            wiring.connect(m, ni.x, tile.x)
+            wiring.connect(m, tile.y, ni.y)
             tiles.append(tile)
 
         def reg(name):
@@ -133,21 +93,31 @@ class CimSoC(wiring.Component):
         regs_bus(m, regs, bridge)
         cycles = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
-        status = Cat(vmm.busy, wv.busy, wv.cell_busy)
+        status = Cat(seq.busy, wv.busy, wv.cell_busy, seq.program)
         m.d.comb += [
             reg("STATUS").eq(status), reg("CYCLES").eq(cycles),
             reg("LINK_FRAMES").eq(bridge.frames_ok), reg("LINK_ERRORS").eq(bridge.frames_bad),
-            reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(vmm.cycles), reg("CELL_RESULT").eq(wv.cell_result),
+            reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(seq.vmm_cycles),
+            reg("CELL_RESULT").eq(wv.cell_result),
+            reg("SEQ_STATE").eq(Cat(seq.pc, C(0, 4), seq.iteration[:15], seq.error)),
+            reg("SEQ_EXECUTED").eq(seq.executed),
             bridge.status.eq(status), bridge.cycles.eq(cycles),
-            bridge.busy.eq(Cat(vmm.busy, wv.busy | wv.cell_busy)),
-            self.busy.eq(vmm.busy | wv.busy | wv.cell_busy | bridge.active),
+            bridge.busy.eq(Cat(seq.busy, wv.busy | wv.cell_busy, seq.busy)),
+            self.busy.eq(seq.busy | wv.busy | wv.cell_busy | bridge.active),
         ]
-        assert RUN_UNITS == ("vmm", "wv")
+        assert RUN_UNITS == ("vmm", "wv", "seq")
 
-        # ---- activation buffer ----------------------------------------------------------------
+        # ---- activation buffer: sequencer (main and accumulate reads, writes), host -----------
         m.submodules.act = act = memory.Memory(shape=32, depth=cfg.soc.act_words, init=[])
-        act_w, act_r_eng, act_r_host = act.write_port(), act.read_port(), act.read_port()
-        m.d.comb += [act_r_eng.addr.eq(vmm.rd_addr), vmm.rd_data.eq(act_r_eng.data)]
+        act_w, act_r_seq, act_r_acc, act_r_host = act.write_port(), act.read_port(), act.read_port(), act.read_port()
+        m.d.comb += [act_r_seq.addr.eq(seq.rd_addr), seq.rd_data.eq(act_r_seq.data),
+                     act_r_acc.addr.eq(seq.acc_addr), seq.acc_data.eq(act_r_acc.data)]
+
+        # ---- sequencer program memory ---------------------------------------------------------
+        m.submodules.instr = instr = memory.Memory(shape=64, depth=cfg.soc.instr_words, init=[])
+        instr_w, instr_r_seq, instr_r_host = instr.write_port(), instr.read_port(), instr.read_port()
+        m.d.comb += [instr_r_seq.addr.eq(seq.instr_addr), seq.instr_data.eq(instr_r_seq.data),
+                     instr_w.addr.eq(bridge.mem.addr), instr_w.data.eq(bridge.mem.w_data[:64])]
 
         # ---- write-verify job and result memories ------------------------------------------
         m.submodules.wv_jobs = jobs = memory.Memory(shape=JobLayout, depth=cfg.soc.wv_jobs, init=[])
@@ -156,17 +126,12 @@ class CimSoC(wiring.Component):
         res_w, res_r_host = results.write_port(), results.read_port()
         m.d.comb += [jobs_r_wv.addr.eq(wv.job_addr), wv.job_data.eq(jobs_r_wv.data)]
 
-        # ---- VMM engine -----------------------------------------------------------------------
-        m.d.comb += [vmm.start.eq(bridge.run[0]), vmm.sel_tile.eq(reg("VMM_TILE")[:8]),
-                     vmm.src.eq(reg("VMM_SRC")[:16]), vmm.dst.eq(reg("VMM_DST")[:16]),
-                     vmm.accumulate.eq(reg("VMM_FLAGS")[0])]
-        for t, tile in enumerate(tiles):
-            sel = vmm.tile == t
-            m.d.comb += [tile.x.payload.eq(vmm.x.payload), tile.x.valid.eq(vmm.x.valid & sel),
-                         tile.y.ready.eq(vmm.y.ready & sel)]
-            with m.If(sel):
-                m.d.comb += [vmm.x.ready.eq(tile.x.ready), vmm.y.valid.eq(tile.y.valid),
-                             vmm.y.payload.eq(tile.y.payload.value)]
+        # ---- sequencer -------------------------------------------------------------------------
+        m.d.comb += [seq.run_vmm.eq(bridge.run[0]), seq.run_program.eq(bridge.run[2]),
+                     seq.vmm_tile.eq(reg("VMM_TILE")[:8]), seq.vmm_src.eq(reg("VMM_SRC")[:16]),
+                     seq.vmm_dst.eq(reg("VMM_DST")[:16]), seq.vmm_acc.eq(reg("VMM_FLAGS")[0]),
+                     seq.pc_start.eq(reg("SEQ_PC")[:12]), seq.iters.eq(reg("SEQ_ITERS")[:16]),
+                     seq.in_stride.eq(reg("SEQ_IN_STRIDE")[:16]), seq.out_stride.eq(reg("SEQ_OUT_STRIDE")[:16])]
 
         # ---- write-verify controller ---------------------------------------------------------
         amp = reg("WV_AMP")
@@ -202,11 +167,12 @@ class CimSoC(wiring.Component):
         mem = bridge.mem
         rd_wait = Signal()          # synchronous reads: ack in the second cycle of re
         m.d.sync += rd_wait.eq(mem.re & ~mem.ack)
-        m.d.comb += [act_r_host.addr.eq(mem.addr), jobs_r_host.addr.eq(mem.addr), res_r_host.addr.eq(mem.addr)]
+        m.d.comb += [act_r_host.addr.eq(mem.addr), jobs_r_host.addr.eq(mem.addr), res_r_host.addr.eq(mem.addr),
+                     instr_r_host.addr.eq(mem.addr)]
         # the engines own their write ports while running; the bridge refuses memory ops then
         host_act_we, host_res_we = Signal(), Signal()
-        with m.If(vmm.busy):
-            m.d.comb += [act_w.addr.eq(vmm.wr_addr), act_w.data.eq(vmm.wr_data), act_w.en.eq(vmm.wr_en)]
+        with m.If(seq.busy):
+            m.d.comb += [act_w.addr.eq(seq.wr_addr), act_w.data.eq(seq.wr_data), act_w.en.eq(seq.wr_en)]
         with m.Else():
             m.d.comb += [act_w.addr.eq(mem.addr), act_w.data.eq(mem.w_data[:32]), act_w.en.eq(host_act_we)]
         with m.If(wv.busy):
@@ -221,6 +187,8 @@ class CimSoC(wiring.Component):
                 with m.Case(space.space):
                     if space.name == "ACT":
                         m.d.comb += [host_act_we.eq(mem.we), mem.r_data.eq(act_r_host.data)]
+                    elif space.name == "INSTR":
+                        m.d.comb += [instr_w.en.eq(mem.we), mem.r_data.eq(instr_r_host.data)]
                     elif space.name == "WV_JOBS":
                         m.d.comb += [jobs_w.en.eq(mem.we), mem.r_data.eq(jobs_r_host.data)]
                     elif space.name == "WV_RESULTS":
@@ -243,3 +211,4 @@ def regs_bus(m: Module, regs: RegisterFile, bridge: HostBridge) -> None:
     m.d.comb += [regs.addr.eq(bridge.regs.addr), regs.w_data.eq(bridge.regs.w_data),
                  regs.w_en.eq(bridge.regs.w_en), bridge.regs.r_data.eq(regs.r_data),
                  bridge.regs.hit.eq(regs.hit), bridge.regs.writable.eq(regs.writable)]
+

@@ -17,10 +17,11 @@ from pathlib import Path
 from cimstack.config import ChipConfig
 from cimstack.errors import SimulationError
 
-__all__ = ["verilator_env", "CocotbTop", "build_tile", "build_soc", "build_cocotb_top"]
+__all__ = ["verilator_env", "CocotbTop", "build_tile", "build_soc", "build_mesh", "build_cocotb_top"]
 
 TILE_BENCH = "cimstack.sim.benches.tile_bench"
 SOC_BENCH = "cimstack.sim.benches.soc_bench"
+NOC_BENCH = "cimstack.sim.benches.noc_bench"
 
 
 def verilator_env() -> dict[str, str]:
@@ -113,3 +114,17 @@ def build_soc(cfg: ChipConfig, phy: str = "stream", build_root: str | Path = "bu
     build_dir = Path(build_root).resolve() / f"{cfg.name}-soc-{phy}"
     vfile = write_soc_verilog(cfg, build_dir / "gen", phy)
     return build_cocotb_top(cfg, vfile, SOC_TOP, SOC_BENCH, build_dir)
+
+
+def build_mesh(nodes: int, build_root: str | Path = "build/sim") -> CocotbTop:
+    """Verilate the router mesh alone (``nodes`` endpoints) for the traffic bench."""
+    from amaranth.back import verilog
+
+    from cimstack.config import preset
+    from cimstack.rtl.noc import Mesh
+
+    build_dir = Path(build_root).resolve() / f"mesh-{nodes}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    vfile = build_dir / "noc_mesh.v"
+    vfile.write_text(verilog.convert(Mesh(nodes), name="noc_mesh"))
+    return build_cocotb_top(preset("default"), vfile, "noc_mesh", NOC_BENCH, build_dir)

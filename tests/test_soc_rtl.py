@@ -269,3 +269,59 @@ def test_uart_bit_level(tmp_path_factory):
     assert u32s(ok_payload(ans, i, Op.READ_REG)) == [r.reset for r in rm.registers[:3]]
     assert ok_payload(ans, w, Op.WRITE_REG) == b""
     assert u32s(ok_payload(ans, r, Op.READ_REG)) == [0xA5A5_5A5A]
+
+
+def sequencer_program(base: int = 0):
+    """A 2-layer network over a batch: layer 1 split by rows over both tiles (partial sums
+    accumulated in the buffer), digital post-processing, layer 2 split by columns (the input
+    multicast to both tiles), outputs stored per batch element."""
+    return [
+        ("COPY", dict(src=0, dst=200, n=64, src_iter=1)),
+        ("FILL", dict(dst=264, n=16, value=0)),
+        ("VMM", dict(tile=0, count=2, src=200, dst=264, acc=1, split_rows=1)),
+        ("POST", dict(src=264, dst=280, n=16, mul=3, shift=4, relu=1)),
+        ("FILL", dict(dst=296, n=16, value=-1)),
+        ("VMM", dict(tile=0, count=2, src=280, dst=320, split_cols=1)),
+        ("POST", dict(src=320, dst=360, n=32, mul=-5, shift=2)),
+        ("COPY", dict(src=360, dst=400, n=32, dst_iter=1)),
+        ("LOOP", dict(target=base)),            # instruction addresses are absolute
+        ("HALT", {}),
+    ]
+
+
+def test_sequencer_program_matches_golden(soc):
+    from cimstack.isa import assemble
+    cfg = soc.cfg
+    rm = register_map(cfg)
+    rng = np.random.default_rng(41)
+    model = GoldenSoC(cfg)
+    for t in range(cfg.array.tiles):
+        model.tiles[t] = random_tile(cfg, rng, stuck_rate=0.02, tile=t)
+    s = Script(rx_stall=0.1, seed=4)
+    load_chip(s, model, rm, seed=int(rng.integers(1 << 32)))
+    x = rng.integers(-40, 40, 3 * 64)
+    model.act[:x.size] = x
+    write_words(s, rm.space("ACT"), 0, [int(v) & 0xFFFF_FFFF for v in x], cfg.soc.max_payload)
+    words = assemble(sequencer_program(base=8), cfg, base=8)
+    write_words(s, rm.space("INSTR"), 8, words, cfg.soc.max_payload)
+    s.request(Op.WRITE_REG, write_reg_payload(rm["SEQ_PC"].addr, [8, 3, 64, 32]))
+    s.request(Op.RUN, bytes([2]))
+    s.wait_idle(5_000_000)
+    state = s.request(Op.READ_REG, read_reg_payload(rm["SEQ_STATE"].addr, 2))
+    reads = read_words(s, rm.space("ACT"), 0, cfg.soc.act_words, cfg.soc.max_payload)
+    # an invalid opcode stops the program with the error flag
+    write_words(s, rm.space("INSTR"), 0, [0xF], cfg.soc.max_payload)
+    s.request(Op.WRITE_REG, write_reg_payload(rm["SEQ_PC"].addr, [0, 1, 0, 0]))
+    s.request(Op.RUN, bytes([2]))
+    s.wait_idle()
+    bad = s.request(Op.READ_REG, read_reg_payload(rm["SEQ_STATE"].addr, 1))
+
+    steps = model.run_program([0] * 8 + words, iters=3, in_stride=64, out_stride=32, pc=8)
+    ans = Script.answers(soc.run_job(s.job(), "sequencer"))
+    got = np.array(gather(ans, reads, 4), dtype=np.int64)
+    np.testing.assert_array_equal(np.where(got >= 1 << 31, got - (1 << 32), got), model.act)
+    seq_state, executed = u32s(ok_payload(ans, state, Op.READ_REG))
+    assert rm["SEQ_STATE"].unpack(seq_state) == {"pc": 8 + len(words) - 1, "iteration": 3, "error": 0}
+    assert executed == steps == 3 * (len(words) - 1) + 1
+    assert len(np.unique(model.act[400:496])) > 30          # real outputs for all three elements
+    assert rm["SEQ_STATE"].unpack(u32s(ok_payload(ans, bad, Op.READ_REG))[0])["error"] == 1

@@ -1,0 +1,215 @@
+"""The sequencer: runs layer programs (:mod:`cimstack.isa`) from instruction memory and is
+the activation buffer's node on the mesh (node 0).
+
+A VMM instruction sends each tile a CFG flit (where its outputs go), then the input vector as
+ACT flits — multicast to every tile when they share it, unicast per tile for a row-split
+layer — and waits until every output flit (OUT or ACC) has been written into the buffer.
+POST, COPY and FILL work on the buffer directly. Bit-exact model:
+:meth:`cimstack.golden.GoldenSoC.run_program`.
+"""
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from cimstack.config import ChipConfig
+from cimstack.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
+
+from .noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
+from .tile import _clamp, _round_shift
+
+__all__ = ["Sequencer"]
+
+
+def _field(word: Value, op: str, name: str) -> Value:
+    f = next(f for f in OPCODES[op].fields if f.name == name)
+    v = word[f.offset:f.offset + f.width]
+    return v.as_signed() if f.signed else v
+
+
+class Sequencer(wiring.Component):
+    def __init__(self, cfg: ChipConfig):
+        self.cfg = cfg
+        nodes = cfg.array.tiles + 1
+        layout = FlitLayout(nodes)
+        super().__init__({
+            "run_program": In(1), "run_vmm": In(1),
+            "pc_start": In(12), "iters": In(16), "in_stride": In(16), "out_stride": In(16),
+            "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1),
+            "busy": Out(1), "program": Out(1), "error": Out(1),
+            "pc": Out(12), "iteration": Out(16), "executed": Out(32), "vmm_cycles": Out(32),
+            "instr_addr": Out(12), "instr_data": In(64),
+            "rd_addr": Out(16), "rd_data": In(32),
+            "acc_addr": Out(16), "acc_data": In(32),
+            "wr_addr": Out(16), "wr_data": Out(32), "wr_en": Out(1),
+            "inject": Out(stream.Signature(layout)),
+            "eject": In(stream.Signature(layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        rows, cols, ib = cfg.array.rows, cfg.array.cols, cfg.input.bits
+        ins = Signal(64)
+        op = ins[:4]
+
+        # ---- ejection: outputs into the buffer (store, or read-add-write) --------------------
+        received = Signal(16)
+        e = self.eject.payload
+        e_we, e_addr, e_data = Signal(), Signal(16), Signal(32)
+        m.d.comb += [self.acc_addr.eq(e.index), e_addr.eq(e.index)]
+        with m.FSM(name="eject_fsm"):
+            with m.State("TAKE"):
+                with m.If(self.eject.valid & (e.kind != KIND_ACC)):
+                    m.d.comb += [self.eject.ready.eq(1), e_we.eq(1), e_data.eq(e.value)]
+                    m.d.sync += received.eq(received + 1)
+                with m.Elif(self.eject.valid):
+                    m.next = "ADD"                    # acc_data shows buffer[index] next cycle
+            with m.State("ADD"):
+                m.d.comb += [self.eject.ready.eq(1), e_we.eq(1), e_data.eq(self.acc_data + e.value)]
+                m.d.sync += received.eq(received + 1)
+                m.next = "TAKE"
+
+        # ---- main program ---------------------------------------------------------------------
+        s_we, s_addr, s_data = Signal(), Signal(16), Signal(32)
+        m.d.comb += [self.wr_en.eq(e_we | s_we), self.wr_addr.eq(Mux(e_we, e_addr, s_addr)),
+                     self.wr_data.eq(Mux(e_we, e_data, s_data))]
+        m.d.comb += self.instr_addr.eq(self.pc)
+        single = Signal()
+        i = Signal(16)            # element within the current op
+        k = Signal(6)             # tile within a VMM
+        vmm_count = Signal(32)
+        with m.If(self.busy & (op == VMM)):
+            m.d.sync += vmm_count.eq(vmm_count + 1)
+
+        tile0, count = _field(ins, "VMM", "tile"), _field(ins, "VMM", "count")
+        v_src, v_dst = _field(ins, "VMM", "src"), _field(ins, "VMM", "dst")
+        acc, split_rows, split_cols = _field(ins, "VMM", "acc"), _field(ins, "VMM", "split_rows"), _field(ins, "VMM", "split_cols")
+        p_src, p_dst, p_n = _field(ins, "POST", "src"), _field(ins, "POST", "dst"), _field(ins, "POST", "n")
+        mul, shift, relu = _field(ins, "POST", "mul"), _field(ins, "POST", "shift"), _field(ins, "POST", "relu")
+        src_iter, dst_iter = _field(ins, "COPY", "src_iter"), _field(ins, "COPY", "dst_iter")
+        f_dst, f_n, f_value = _field(ins, "FILL", "dst"), _field(ins, "FILL", "n"), _field(ins, "FILL", "value")
+        target = _field(ins, "LOOP", "target")
+
+        node_k = (tile0 + k + 1)[:6]
+        all_tiles = Cat(C(0, 1), *[(t >= tile0) & (t < tile0 + count) for t in range(cfg.array.tiles)])
+        in_addr = Signal(16)
+        m.d.comb += in_addr.eq(v_src + Mux(split_rows, k * rows, 0) + i)
+        copy_src = Signal(16)
+        copy_dst = Signal(16)
+        is_copy = op == COPY           # POST keeps its multiplier where COPY has the iter flags
+        m.d.comb += [copy_src.eq(p_src + Mux(is_copy & src_iter, self.iteration * self.in_stride, 0) + i),
+                     copy_dst.eq(p_dst + Mux(is_copy & dst_iter, self.iteration * self.out_stride, 0) + i)]
+
+        product = Signal(signed(48))
+        m.d.comb += product.eq(self.rd_data.as_signed() * mul)
+        shifted = Signal(signed(48))
+        with m.Switch(shift):
+            for sh in range(32):
+                with m.Case(sh):
+                    m.d.comb += shifted.eq(_round_shift(product, sh))
+        posted = Mux(relu & (shifted < 0), 0, shifted)
+        posted_sat = _clamp(posted, -(1 << 31), (1 << 31) - 1)
+
+        def next_instruction():
+            m.d.sync += [self.pc.eq(self.pc + 1), i.eq(0), k.eq(0), self.executed.eq(self.executed + 1)]
+            with m.If(single):
+                m.d.sync += [self.busy.eq(0), single.eq(0)]
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "FETCH"
+
+        with m.FSM(name="main_fsm"):
+            with m.State("IDLE"):
+                with m.If(self.run_program):
+                    m.d.sync += [self.pc.eq(self.pc_start), self.iteration.eq(0), self.busy.eq(1),
+                                 self.program.eq(1), self.error.eq(0), self.executed.eq(0), single.eq(0)]
+                    m.next = "FETCH"
+                with m.Elif(self.run_vmm):
+                    # a one-instruction program from the VMM_* registers
+                    word = (VMM | self.vmm_tile[:6] << 4 | C(1, 6) << 10 | self.vmm_src << 16
+                            | self.vmm_dst << 32 | self.vmm_acc << 48)
+                    m.d.sync += [ins.eq(word), self.busy.eq(1), single.eq(1), i.eq(0), k.eq(0),
+                                 vmm_count.eq(0), received.eq(0)]
+                    m.next = "VMM_CFG"
+            with m.State("FETCH"):
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [ins.eq(self.instr_data), i.eq(0), k.eq(0), vmm_count.eq(0), received.eq(0)]
+                m.next = "EXEC"
+            with m.State("EXEC"):
+                with m.Switch(op):
+                    with m.Case(HALT):
+                        m.d.sync += [self.busy.eq(0), self.program.eq(0), self.executed.eq(self.executed + 1)]
+                        m.next = "IDLE"
+                    with m.Case(VMM):
+                        m.next = "VMM_CFG"
+                    with m.Case(POST, COPY):
+                        m.next = "RW_READ"
+                    with m.Case(FILL):
+                        m.next = "FILL"
+                    with m.Case(LOOP):
+                        m.d.sync += [self.iteration.eq(self.iteration + 1), self.executed.eq(self.executed + 1)]
+                        with m.If(self.iteration + 1 < self.iters):
+                            m.d.sync += self.pc.eq(target)
+                        with m.Else():
+                            m.d.sync += self.pc.eq(self.pc + 1)
+                        m.next = "FETCH"
+                    with m.Default():
+                        m.d.sync += [self.busy.eq(0), self.program.eq(0), self.error.eq(1)]
+                        m.next = "IDLE"
+
+            # -- VMM: configure each tile, send the inputs, collect every output -----------------
+            with m.State("VMM_CFG"):
+                m.d.comb += [self.inject.valid.eq(1), self.inject.payload.dest.eq(C(1, 1) << node_k),
+                             self.inject.payload.kind.eq(KIND_CFG),
+                             self.inject.payload.index.eq(v_dst + Mux(split_cols, k * cols, 0)),
+                             self.inject.payload.value.eq(acc)]
+                with m.If(self.inject.ready):
+                    with m.If(k == count - 1):
+                        m.d.sync += k.eq(0)
+                        m.next = "VMM_READ"
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+            with m.State("VMM_READ"):
+                m.d.comb += self.rd_addr.eq(in_addr)
+                m.next = "VMM_SEND"
+            with m.State("VMM_SEND"):
+                m.d.comb += [self.rd_addr.eq(in_addr), self.inject.valid.eq(1),
+                             self.inject.payload.dest.eq(Mux(split_rows, C(1, 1) << node_k, all_tiles)),
+                             self.inject.payload.kind.eq(KIND_ACT), self.inject.payload.index.eq(i),
+                             self.inject.payload.value.eq(_clamp(self.rd_data.as_signed(), -(1 << (ib - 1)), (1 << (ib - 1)) - 1))]
+                with m.If(self.inject.ready):
+                    with m.If(i == rows - 1):
+                        m.d.sync += i.eq(0)
+                        with m.If(split_rows & (k != count - 1)):
+                            m.d.sync += k.eq(k + 1)
+                            m.next = "VMM_READ"
+                        with m.Else():
+                            m.next = "VMM_WAIT"
+                    with m.Else():
+                        m.d.sync += i.eq(i + 1)
+                        m.next = "VMM_READ"
+            with m.State("VMM_WAIT"):
+                with m.If(received == count * cols):
+                    m.d.sync += self.vmm_cycles.eq(vmm_count)
+                    next_instruction()
+
+            # -- POST and COPY: read, transform, write, one word at a time -----------------------
+            with m.State("RW_READ"):
+                m.d.comb += self.rd_addr.eq(copy_src)
+                m.next = "RW_WRITE"
+            with m.State("RW_WRITE"):
+                m.d.comb += [self.rd_addr.eq(copy_src), s_we.eq(1), s_addr.eq(copy_dst),
+                             s_data.eq(Mux(op == POST, posted_sat, self.rd_data))]
+                with m.If(i == p_n - 1):
+                    next_instruction()
+                with m.Else():
+                    m.d.sync += i.eq(i + 1)
+                    m.next = "RW_READ"
+            with m.State("FILL"):
+                m.d.comb += [s_we.eq(1), s_addr.eq(f_dst + i), s_data.eq(f_value)]
+                with m.If(i == f_n - 1):
+                    next_instruction()
+                with m.Else():
+                    m.d.sync += i.eq(i + 1)
+        return m
