@@ -1,11 +1,11 @@
 """``python -m cimstack.gen --preset NAME|FILE [--out DIR] [--docs]``: write the SoC Verilog and
-the register map under build/gen/; ``--docs`` refreshes the register map in docs/protocol.md
-(always from the ``default`` preset)."""
+the register map under build/gen/; ``--docs`` refreshes the generated sections of the docs
+(register map of the ``default`` preset in docs/protocol.md, instruction set in docs/soc.md)."""
 import argparse
 from pathlib import Path
 
 from cimstack.config import load, preset
-from cimstack.gen import update_protocol_doc, write_all
+from cimstack.gen import update_isa_doc, update_protocol_doc, write_all
 
 parser = argparse.ArgumentParser(prog="python -m cimstack.gen", description=__doc__)
 parser.add_argument("--preset", default="default", help="preset name or TOML file")
@@ -15,6 +15,6 @@ args = parser.parse_args()
 for path in write_all(load(args.preset), args.out):
     print(path)
 if args.docs:
-    doc = Path("docs/protocol.md")
-    changed = update_protocol_doc(doc, preset("default"))
-    print(f"{doc}: {'updated' if changed else 'already current'}")
+    for doc, update in ((Path("docs/protocol.md"), lambda d: update_protocol_doc(d, preset("default"))),
+                        (Path("docs/soc.md"), update_isa_doc)):
+        print(f"{doc}: {'updated' if update(doc) else 'already current'}")

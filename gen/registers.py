@@ -8,8 +8,8 @@ from pathlib import Path
 from cimstack.config import ChipConfig
 from cimstack.regmap import PROTOCOL_VERSION, RegisterMap, register_map
 
-__all__ = ["regmap_markdown", "regmap_c_header", "write_regmap", "update_protocol_doc",
-           "DOC_BEGIN", "DOC_END"]
+__all__ = ["regmap_markdown", "regmap_c_header", "write_regmap", "update_section", "update_protocol_doc",
+           "update_isa_doc", "DOC_BEGIN", "DOC_END", "ISA_BEGIN", "ISA_END"]
 
 DOC_BEGIN = "<!-- BEGIN GENERATED REGISTER MAP (python -m cimstack.gen --docs) -->"
 DOC_END = "<!-- END GENERATED REGISTER MAP -->"
@@ -83,16 +83,32 @@ def write_regmap(cfg: ChipConfig, out_dir: str | Path = "build/gen") -> list[Pat
     return paths
 
 
-def update_protocol_doc(doc: str | Path, cfg: ChipConfig) -> bool:
-    """Replace the generated register-map section of ``doc``; True if it changed."""
+def update_section(doc: str | Path, begin: str, end: str, body: str) -> bool:
+    """Replace the text between the ``begin`` and ``end`` marker lines of ``doc``; True if it
+    changed."""
     path = Path(doc)
     text = path.read_text()
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise ValueError(f"{path} lacks the generated-section markers")
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    new = f"{head}{DOC_BEGIN}\n{regmap_markdown(register_map(cfg), tiles_shown=1)}{DOC_END}{tail}"
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} lacks the generated-section markers {begin!r} / {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{body}{end}{tail}"
     if new != text:
         path.write_text(new)
         return True
     return False
+
+
+def update_protocol_doc(doc: str | Path, cfg: ChipConfig) -> bool:
+    """Refresh the register map in docs/protocol.md."""
+    return update_section(doc, DOC_BEGIN, DOC_END, regmap_markdown(register_map(cfg), tiles_shown=1))
+
+
+ISA_BEGIN = "<!-- BEGIN GENERATED INSTRUCTION SET (python -m cimstack.gen --docs) -->"
+ISA_END = "<!-- END GENERATED INSTRUCTION SET -->"
+
+
+def update_isa_doc(doc: str | Path) -> bool:
+    """Refresh the instruction table in docs/soc.md."""
+    from cimstack.isa import isa_markdown
+    return update_section(doc, ISA_BEGIN, ISA_END, isa_markdown())

@@ -88,3 +88,46 @@ def test_protocol_doc_register_map_is_current(tmp_path):
     assert DOC_BEGIN in copy.read_text() and DOC_END in copy.read_text()
     assert not update_protocol_doc(copy, preset("default")), \
         "docs/protocol.md's register map is stale: run python -m cimstack.gen --docs"
+
+
+def test_instruction_set_roundtrip_and_checks():
+    from cimstack.errors import InputRangeError
+    from cimstack.isa import OPCODES, assemble, disassemble
+    cfg = preset("default").replace(soc=dict(act_words=1024, instr_words=16))
+    prog = [("COPY", dict(src=0, dst=500, n=64, src_iter=1)),
+            ("VMM", dict(tile=1, count=2, src=500, dst=700, acc=1, split_rows=1)),
+            ("POST", dict(src=700, dst=800, n=64, mul=-7, shift=3, relu=1)),
+            ("FILL", dict(dst=900, n=10, value=-123456)),
+            ("LOOP", dict(target=4)), ("HALT", {})]
+    words = assemble(prog, cfg, base=4)
+    back = disassemble(words)
+    for (op, args), ins in zip(prog, back):
+        assert ins.op == op and all(ins.args[k] == v for k, v in args.items())
+        assert all(v == 0 for k, v in ins.args.items() if k not in args)
+    for f in (f for o in OPCODES.values() for f in o.fields):
+        assert f.offset >= 4 and f.offset + f.width <= 64
+    bad = {
+        "outside": [("VMM", dict(tile=3, count=2, src=0, dst=0)), ("HALT", {})],
+        "overwrite": [("VMM", dict(tile=0, count=2, src=0, dst=200)), ("HALT", {})],
+        "overlap": [("VMM", dict(tile=0, count=2, src=0, dst=60, acc=1)), ("HALT", {})],
+        "do not fit": [("VMM", dict(tile=0, count=1, src=1000, dst=0)), ("HALT", {})],
+        "backwards": [("LOOP", dict(target=0)), ("HALT", {})],
+        "end with HALT": [("FILL", dict(dst=0, n=1))],
+        "at least 1": [("COPY", dict(src=0, dst=0, n=0)), ("HALT", {})],
+        "no field": [("FILL", dict(dst=0, n=1, bogus=1)), ("HALT", {})],
+        "outside \\[": [("POST", dict(src=0, dst=0, n=1, mul=200)), ("HALT", {})],
+        "unknown op": [("JUMP", {}), ("HALT", {})],
+        "exceeds": [("HALT", {})] * 17,
+    }
+    for what, program in bad.items():
+        with pytest.raises(InputRangeError, match=what):
+            assemble(program, cfg)
+
+
+def test_soc_doc_instruction_set_is_current(tmp_path):
+    from pathlib import Path
+    from cimstack.gen import update_isa_doc
+    doc = Path(__file__).parent.parent / "docs" / "soc.md"
+    copy = tmp_path / "soc.md"
+    copy.write_text(doc.read_text())
+    assert not update_isa_doc(copy), "docs/soc.md's instruction table is stale: run python -m cimstack.gen --docs"

@@ -1,6 +1,7 @@
 """The simulation server end to end: a 2-layer MLP programmed through the TCP link (one
 layer loaded directly, one by the on-chip write-verify controller) and run on the simulated
-SoC, bit for bit against the golden model; link faults; the CLI's start and clean stop."""
+SoC — layer by layer from the host, then as one sequencer program over a batch — bit for bit
+against the golden model; link faults; the CLI's start and clean stop."""
 from __future__ import annotations
 
 import signal
@@ -15,6 +16,7 @@ import pytest
 from cimstack.device import Device
 from cimstack.errors import ConfigMismatchError, InputRangeError, LinkError
 from cimstack.golden import GoldenSoC, WriteVerifyJob
+from cimstack.isa import assemble
 from cimstack.link import Link
 from cimstack.mapping import weights_to_codes
 from cimstack.regmap import WV_CONVERGED
@@ -81,6 +83,21 @@ def test_mlp_through_the_socket_matches_golden(server):
             model.vmm(1, 64, 128)
             out_chip.append(dev.read_act(128, 10))
             out_gold.append(model.act[128:138].copy())
+        # the same network as one on-chip program over a batch: no host step per layer
+        batch = xs[:8]
+        program = [("FILL", dict(dst=264, n=48, value=0)),
+                   ("COPY", dict(src=0, dst=200, n=a.rows, src_iter=1)),
+                   ("VMM", dict(tile=0, count=1, src=200, dst=264)),
+                   ("VMM", dict(tile=1, count=1, src=264, dst=320)),
+                   ("COPY", dict(src=320, dst=400, n=10, dst_iter=1)),
+                   ("LOOP", dict(target=1)), ("HALT", {})]
+        dev.write_act(0, batch.ravel())
+        model.act[:batch.size] = batch.ravel()
+        dev.run_program(program, iters=len(batch), in_stride=a.rows, out_stride=10)
+        model.run_program(assemble(program, cfg), iters=len(batch), in_stride=a.rows, out_stride=10)
+        out_prog = dev.read_act(400, 10 * len(batch))
+        assert dev.read("SEQ_EXECUTED") == 1 + 5 * len(batch) + 1
+    np.testing.assert_array_equal(out_prog, model.act[400:400 + 10 * len(batch)])
     out_chip, out_gold = np.array(out_chip), np.array(out_gold)
     np.testing.assert_array_equal(out_chip, out_gold)
     assert len(np.unique(out_gold)) > 40                 # the outputs really vary
