@@ -36,9 +36,5 @@ bench: $(STAMP)
 clean:
 	rm -rf build .pytest_cache
 
-dist## bench: SoC benchmarks over the simulation server (JSON under build/bench/)
-bench: $(STAMP)
-	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
-
-clean: clean
+distclean: clean
 	rm -rf $(VENV)

@@ -3,7 +3,8 @@
 Figures, for a preset (default: ``default``):
 - simulated SoC cycles per second under the C++ harness, and, as a same-run baseline, the
   cocotb SoC bench replaying the same VMM workload on the small test SoC (ratio reported);
-- clock cycles per VMM per tile (the VMM_CYCLES register);
+- clock cycles per VMM per tile (the VMM_CYCLES register), and per batch element of a
+  2-layer network run as one sequencer program (SEQ_CYCLES);
 - link efficiency (payload bytes / wire bytes) per traffic kind, and with 8N1 UART framing;
 - write-verify pulses per cell programming a whole tile from RESET, checked bit-exact
   against the golden model.
@@ -84,6 +85,8 @@ def harness_run(cfg: ChipConfig, rng, n_vmm: int, wv_rows: int | None) -> dict:
                           "cycles_per_vmm_per_tile": {str(t): float(np.mean(v)) for t, v in sorted(per_tile.items())},
                           "simulated_cycles": cycles,
                           "end_to_end_cycles_per_s": cycles / out["link_vmm_traffic"]["wall_s"]}
+            if a.tiles >= 2:
+                out["program"] = program_run(cfg, dev, model, rng)
             out["link_registers"] = phase(link, lambda: [dev.read("SCRATCH") for _ in range(50)])
             out["link_echo_1k"] = phase(link, lambda: [link.echo(bytes(rng.integers(0, 256, cfg.soc.max_payload, dtype=np.uint8)))
                                                        for _ in range(20)])
@@ -92,6 +95,32 @@ def harness_run(cfg: ChipConfig, rng, n_vmm: int, wv_rows: int | None) -> dict:
     st = srv.stats
     out["harness"] = {**st, "cycles_per_s": st["cycles"] / st["active_wall_s"] if st.get("active_wall_s") else None}
     return out
+
+
+def program_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng, batch: int = 16) -> dict:
+    """A 2-layer network (tile 0 then tile 1) over a batch as one on-chip program."""
+    from cimstack.isa import assemble
+    a = cfg.array
+    base_out = batch * a.rows
+    scratch = base_out + batch * a.cols
+    program = [("COPY", dict(src=0, dst=scratch, n=a.rows, src_iter=1)),
+               ("VMM", dict(tile=0, count=1, src=scratch, dst=scratch + a.rows)),
+               ("POST", dict(src=scratch + a.rows, dst=scratch + a.rows, n=a.cols, mul=1, shift=4, relu=1)),
+               ("VMM", dict(tile=1, count=1, src=scratch + a.rows, dst=scratch + 2 * a.rows)),
+               ("COPY", dict(src=scratch + 2 * a.rows, dst=base_out, n=a.cols, dst_iter=1)),
+               ("LOOP", dict(target=0)), ("HALT", {})]
+    lo, hi = -(1 << (cfg.input.bits - 1)), 1 << (cfg.input.bits - 1)
+    x = rng.integers(lo, hi, batch * a.rows)
+    dev.write_act(0, x)
+    model.act[:x.size] = x
+    t0 = time.perf_counter()
+    dev.run_program(program, iters=batch, in_stride=a.rows, out_stride=a.cols)
+    wall = time.perf_counter() - t0
+    model.run_program(assemble(program, cfg), iters=batch, in_stride=a.rows, out_stride=a.cols)
+    got = dev.read_act(base_out, batch * a.cols)
+    cycles = dev.read("SEQ_CYCLES")
+    return {"batch": batch, "layers": 2, "cycles": cycles, "cycles_per_element": cycles / batch,
+            "wall_s": wall, "bit_exact_vs_golden": bool((got == model.act[base_out:base_out + batch * a.cols]).all())}
 
 
 def write_verify_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng, rows: int) -> dict:
@@ -181,6 +210,10 @@ def main() -> int:
           f"cycles per VMM per tile {m['vmm']['cycles_per_vmm_per_tile']}; VMM mismatches vs golden {m['vmm']['mismatches_vs_golden']}")
     for k in ("link_weights", "link_vmm_traffic", "link_registers", "link_echo_1k"):
         print(f"[bench] {k}: efficiency {m[k]['efficiency']:.3f} (over 8N1 UART {m[k]['efficiency_uart_8n1']:.3f})")
+    if "program" in m:
+        pr = m["program"]
+        print(f"[bench] on-chip 2-layer program: {pr['cycles_per_element']:.0f} cycles per batch element "
+              f"(batch {pr['batch']}), bit-exact vs golden {pr['bit_exact_vs_golden']}")
     wv = m["write_verify"]
     print(f"[bench] write-verify {wv['cells']} cells: {wv['pulses_per_cell_mean']:.2f} pulses/cell mean "
           f"(median {wv['pulses_per_cell_median']}, p95 {wv['pulses_per_cell_p95']}, max {wv['pulses_per_cell_max']}), "

@@ -197,6 +197,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  (_f("pc", 0, 12, "current instruction address"), _f("iteration", 16, 15, "loop iteration"),
                   _f("error", 31, 1, "the last program hit an invalid opcode"))),
         Register("SEQ_EXECUTED", 0x035, "ro", "Instructions the last program executed.", _whole("count")),
+        Register("SEQ_CYCLES", 0x036, "ro", "Clock cycles the last program ran, RUN to HALT.", _whole("cycles")),
         # write-verify
         Register("WV_TILE", 0x018, "rw", "Tile the write-verify job list programs.", (_f("tile", 0, 8, "tile index"),)),
         Register("WV_COUNT", 0x019, "rw", "Number of jobs (from entry 0 of WV_JOBS) the next run processes.",

@@ -37,6 +37,7 @@ class Sequencer(wiring.Component):
             "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1),
             "busy": Out(1), "program": Out(1), "error": Out(1),
             "pc": Out(12), "iteration": Out(16), "executed": Out(32), "vmm_cycles": Out(32),
+            "program_cycles": Out(32),
             "instr_addr": Out(12), "instr_data": In(64),
             "rd_addr": Out(16), "rd_data": In(32),
             "acc_addr": Out(16), "acc_data": In(32),
@@ -80,6 +81,8 @@ class Sequencer(wiring.Component):
         vmm_count = Signal(32)
         with m.If(self.busy & (op == VMM)):
             m.d.sync += vmm_count.eq(vmm_count + 1)
+        with m.If(self.program):
+            m.d.sync += self.program_cycles.eq(self.program_cycles + 1)
 
         tile0, count = _field(ins, "VMM", "tile"), _field(ins, "VMM", "count")
         v_src, v_dst = _field(ins, "VMM", "src"), _field(ins, "VMM", "dst")
@@ -122,7 +125,8 @@ class Sequencer(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.run_program):
                     m.d.sync += [self.pc.eq(self.pc_start), self.iteration.eq(0), self.busy.eq(1),
-                                 self.program.eq(1), self.error.eq(0), self.executed.eq(0), single.eq(0)]
+                                 self.program.eq(1), self.error.eq(0), self.executed.eq(0), single.eq(0),
+                                 self.program_cycles.eq(0)]
                     m.next = "FETCH"
                 with m.Elif(self.run_vmm):
                     # a one-instruction program from the VMM_* registers

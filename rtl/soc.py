@@ -100,7 +100,7 @@ class CimSoC(wiring.Component):
             reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(seq.vmm_cycles),
             reg("CELL_RESULT").eq(wv.cell_result),
             reg("SEQ_STATE").eq(Cat(seq.pc, C(0, 4), seq.iteration[:15], seq.error)),
-            reg("SEQ_EXECUTED").eq(seq.executed),
+            reg("SEQ_EXECUTED").eq(seq.executed), reg("SEQ_CYCLES").eq(seq.program_cycles),
             bridge.status.eq(status), bridge.cycles.eq(cycles),
             bridge.busy.eq(Cat(seq.busy, wv.busy | wv.cell_busy, seq.busy)),
             self.busy.eq(seq.busy | wv.busy | wv.cell_busy | bridge.active),
