@@ -97,10 +97,12 @@ def harness_run(cfg: ChipConfig, rng, n_vmm: int, wv_rows: int | None) -> dict:
     return out
 
 
-def program_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng, batch: int = 16) -> dict:
-    """A 2-layer network (tile 0 then tile 1) over a batch as one on-chip program."""
+def program_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng) -> dict:
+    """A 2-layer network (tile 0 then tile 1) over a batch (up to 16, as the buffer allows)
+    as one on-chip program."""
     from cimstack.isa import assemble
     a = cfg.array
+    batch = max(1, min(16, (cfg.soc.act_words - 3 * a.rows) // (a.rows + a.cols)))
     base_out = batch * a.rows
     scratch = base_out + batch * a.cols
     program = [("COPY", dict(src=0, dst=scratch, n=a.rows, src_iter=1)),
