@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ArrayConfig", "CellConfig", "MappingConfig", "InputConfig", "AdcConfig", "PostConfig",
-    "DeviceConfig", "ClockConfig", "SocConfig", "ChipConfig", "Datapath", "PRESETS", "preset", "load",
+    "DeviceConfig", "ClockConfig", "SocConfig", "ChipConfig", "Datapath", "InputMode", "INPUT_MODES", "PRESETS", "preset", "load",
     "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA",
 ]
 
@@ -266,9 +266,30 @@ class SocConfig:
         _check_int("soc", "max_payload", self.max_payload, 64, 16384)
 
 
+INPUT_MODES = ("bit_serial", "amplitude", "unary")      # index = the mode's hardware code
+
+
+@dataclass(frozen=True)
+class InputMode:
+    """How one input mode expands a VMM's inputs into pulses (selectable per VMM at run time)."""
+
+    name: str
+    code: int              # hardware encoding (index in INPUT_MODES)
+    pulses: int            # input pulses per VMM
+    pulse_shift: int       # shift between successive pulses' partial results (0 for unary)
+    digit_min: int         # most negative input digit of one pulse
+    digit_max: int         # most positive input digit of one pulse
+    in_min: int            # input range of the mode
+    in_max: int
+
+
 @dataclass(frozen=True)
 class Datapath:
-    """Integer widths and loop counts derived from a config; RTL and golden model both use these."""
+    """Integer widths and loop counts derived from a config; RTL and golden model both use these.
+
+    ``pulses`` .. ``digit_max`` describe the config's own ``input.mode``; ``modes`` every mode a
+    VMM may select at run time (unary only up to 8-bit inputs). Widths cover all of them.
+    """
 
     slices: int            # column units per logical column (weight bit slices)
     units: int             # column units per tile = cols * slices
@@ -292,6 +313,29 @@ class Datapath:
     pulse_step_q: int      # pulse step in 1/16 state LSB
     verify_noise_q: int    # write-verify read noise scale (state LSBs), NOISE_FRAC_BITS fraction
     config_hash: int       # 32-bit hash of the config, for the gateware's ID register
+    input_mode: str = "bit_serial"                             # the config's own mode
+    modes: dict = field(default_factory=dict, compare=False)   # name -> InputMode
+
+    def mode(self, name: str | None = None) -> InputMode:
+        """The :class:`InputMode` called ``name`` (``None``: the config's own mode)."""
+        if name is None:
+            name = self.input_mode
+        try:
+            return self.modes[name]
+        except KeyError:
+            raise ConfigError(f"input mode {name!r} is not available; this chip has {', '.join(self.modes)}") from None
+
+
+def _mode_info(name: str, bits: int, dac_bits: int) -> InputMode:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if name == "unary":
+        return InputMode(name, INPUT_MODES.index(name), (1 << (bits - 1)) - 1, 0, -1, 1, lo + 1, hi)
+    db = 1 if name == "bit_serial" else dac_bits
+    pulses = math.ceil(bits / db)
+    top_bits = bits - db * (pulses - 1)      # the signed top digit's width
+    dmin = -(1 << (top_bits - 1))
+    dmax = max((1 << db) - 1 if pulses > 1 else 0, (1 << (top_bits - 1)) - 1)
+    return InputMode(name, INPUT_MODES.index(name), pulses, db, dmin, dmax, lo, hi)
 
 
 def _signed_bits(lo: int, hi: int) -> int:
@@ -431,29 +475,23 @@ def _derive(cfg: ChipConfig) -> Datapath:
         wmax = (1 << (m.weight_bits - 1)) - 1
         wmin = -(1 << (m.weight_bits - 1))
         cell_diff_min, cell_diff_max = -ref_code, code_max - ref_code
-    if i.mode == "unary":
-        pulses, pulse_shift = (1 << (i.bits - 1)) - 1, 0
-        dmin, dmax = -1, 1
-    else:
-        db = i.dac_bits
-        pulses, pulse_shift = math.ceil(i.bits / db), db
-        top_bits = i.bits - db * (pulses - 1)      # the signed top digit's width
-        dmin = -(1 << (top_bits - 1))
-        dmax = max((1 << db) - 1 if pulses > 1 else 0, (1 << (top_bits - 1)) - 1)
-    prods = [dmin * cell_diff_min, dmin * cell_diff_max, dmax * cell_diff_min, dmax * cell_diff_max]
-    sum_bits = _signed_bits(a.rows * min(prods), a.rows * max(prods)) + 1  # +1: noise headroom
+    modes = {name: _mode_info(name, i.bits, i.dac_bits) for name in INPUT_MODES
+             if name != "unary" or i.bits <= 8}
+    own = modes[i.mode]
     adc_min, adc_max = -(1 << (cfg.adc.bits - 1)), (1 << (cfg.adc.bits - 1)) - 1
-    if i.mode == "unary":
-        pulse_weight = pulses
-    else:
-        pulse_weight = sum(1 << (p * pulse_shift) for p in range(pulses))
     slice_weight = sum(1 << (s * c.cell_bits) for s in range(slices))
-    acc_bound = (-adc_min) * pulse_weight * slice_weight
-    acc_bits = _signed_bits(-acc_bound, acc_bound)
+    sum_bits = acc_bits = 1
+    for md in modes.values():           # widths cover every mode a VMM may select
+        prods = [md.digit_min * cell_diff_min, md.digit_min * cell_diff_max,
+                 md.digit_max * cell_diff_min, md.digit_max * cell_diff_max]
+        sum_bits = max(sum_bits, _signed_bits(a.rows * min(prods), a.rows * max(prods)) + 1)  # +1: noise headroom
+        pulse_weight = sum(1 << (p * md.pulse_shift) for p in range(md.pulses))
+        acc_bound = (-adc_min) * pulse_weight * slice_weight
+        acc_bits = max(acc_bits, _signed_bits(-acc_bound, acc_bound))
     digest = hashlib.sha256(cfg.to_toml().encode()).digest()
     return Datapath(
         slices=slices, units=a.cols * slices, groups=(a.cols * slices) // a.mac_lanes or 1,
-        pulses=pulses, pulse_shift=pulse_shift, digit_min=dmin, digit_max=dmax,
+        pulses=own.pulses, pulse_shift=own.pulse_shift, digit_min=own.digit_min, digit_max=own.digit_max,
         cells_per_unit=cells_per_unit, state_bits=c.cell_bits + c.frac_bits, code_max=code_max,
         ref_code=ref_code, weight_min=wmin, weight_max=wmax, sum_bits=sum_bits, acc_bits=acc_bits,
         adc_min=adc_min, adc_max=adc_max,
@@ -462,7 +500,7 @@ def _derive(cfg: ChipConfig) -> Datapath:
         pulse_step_q=max(1, round(d.pulse_step_lsb * 16)),
         verify_noise_q=round(d.read_noise_sigma * ((1 << (c.cell_bits + c.frac_bits)) - 1)
                              / IRWIN_HALL_SIGMA * (1 << NOISE_FRAC_BITS)),
-        config_hash=int.from_bytes(digest[:4], "little"),
+        config_hash=int.from_bytes(digest[:4], "little"), input_mode=i.mode, modes=modes,
     )
 
 

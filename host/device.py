@@ -123,13 +123,17 @@ class Device:
         return np.where(v >= 1 << 31, v - (1 << 32), v)
 
     # -- compute ---------------------------------------------------------------------------------
-    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False, wait: bool = True) -> None:
-        """Run act[dst:dst+cols] (+)= tile(act[src:src+rows]) on the chip."""
+    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False, mode: str | None = None,
+            wait: bool = True) -> None:
+        """Run act[dst:dst+cols] (+)= tile(act[src:src+rows]) on the chip, in input ``mode``
+        (default: the config's)."""
+        from .isa import mode_field
         self._tile(tile)
+        self.cfg.datapath.mode(mode)                  # raises for a mode the chip lacks
         a, n = self.cfg.array, self.cfg.soc.act_words
         if not (0 <= src <= n - a.rows and 0 <= dst <= n - a.cols):
             raise InputRangeError(f"VMM src {src} / dst {dst} do not fit the {n}-word activation buffer")
-        self.link.write_regs(self.map["VMM_TILE"].addr, [tile, src, dst, int(accumulate)])
+        self.link.write_regs(self.map["VMM_TILE"].addr, [tile, src, dst, int(accumulate) | mode_field(mode) << 1])
         self.link.run(0)
         if wait:
             self.wait_idle(0b001)

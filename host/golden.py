@@ -160,19 +160,21 @@ class GoldenTile:
         return int(self.state[row, unit, cell])
 
     # -- inference -------------------------------------------------------------------------
-    def column_sums(self, x) -> np.ndarray:
+    def column_sums(self, x, mode: str | None = None) -> np.ndarray:
         """Noise-free analog sums per pulse: shape (pulses, ..., units)."""
-        digits = input_digits(x, self.cfg)
+        digits = input_digits(x, self.cfg, mode)
         return digits @ self.effective_weights()
 
-    def vmm(self, x) -> np.ndarray:
-        """Run VMMs for inputs of shape (rows,) or (batch, rows), in order; returns int64 outputs."""
+    def vmm(self, x, mode: str | None = None) -> np.ndarray:
+        """Run VMMs for inputs of shape (rows,) or (batch, rows), in order, in input ``mode``
+        (default: the config's); returns int64 outputs."""
         cfg, dp = self.cfg, self.cfg.datapath
-        x = check_inputs(x, cfg)
+        md = dp.mode(mode)
+        x = check_inputs(x, cfg, md.name)
         single = x.ndim == 1
         xb = x.reshape(-1, cfg.array.rows)
-        sums = self.column_sums(xb)                              # (P, B, U)
-        lanes, groups, pulses = cfg.array.mac_lanes, dp.groups, dp.pulses
+        sums = self.column_sums(xb, md.name)                     # (P, B, U)
+        lanes, groups, pulses = cfg.array.mac_lanes, dp.groups, md.pulses
         n_batch = xb.shape[0]
         # Draw the lane noise in the RTL's order: VMM, group, pulse.
         steps = n_batch * groups * pulses
@@ -188,7 +190,7 @@ class GoldenTile:
         a = s + prng.noise(z, dp.read_noise_q, NOISE_FRAC_BITS)
         code = prng.round_shift(a * self.adc_gain, cfg.adc.gain_shift) + self.adc_offset
         code = np.clip(code, dp.adc_min, dp.adc_max)
-        shifts = (np.arange(pulses) * dp.pulse_shift).reshape(1, 1, pulses, 1)
+        shifts = (np.arange(pulses) * md.pulse_shift).reshape(1, 1, pulses, 1)
         acc = (code << shifts).sum(axis=2)                       # (B, G, L)
         acc = acc.reshape(n_batch, cfg.array.cols, dp.slices)
         y = (acc << (np.arange(dp.slices) * cfg.cell.cell_bits)).sum(axis=-1)
@@ -277,7 +279,7 @@ def _wrap32(v):
 
 
 class GoldenSoC:
-    """Bit-exact model of the SoC around the tiles: activation buffer, VMM engine,
+    """Bit-exact model of the SoC around the tiles: activation buffer, sequencer (VMMs and programs),
     write-verify controller and single-cell access (the register semantics of
     :mod:`cimstack.regmap`)."""
 
@@ -292,28 +294,27 @@ class GoldenSoC:
             t.reseed(seed)
         self.verify_rng = np.array([prng.seed_state(seed, VERIFY_STREAM)], dtype=np.uint32)
 
-    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False) -> np.ndarray:
-        """The VMM engine: inputs act[src:src+rows] clamped to the input range, outputs to
-        act[dst:dst+cols] (stored, or added with 32-bit wrap-around)."""
+    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False, mode: str | None = None) -> np.ndarray:
+        """A single VMM (RUN unit 0): inputs act[src:src+rows] clamped to the input range of
+        ``mode`` (default: the config's), outputs to act[dst:dst+cols] (stored, or added with
+        32-bit wrap-around)."""
         cfg = self.cfg
         rows, cols, n = cfg.array.rows, cfg.array.cols, len(self.act)
         if not (0 <= tile < len(self.tiles) and 0 <= src <= n - rows and 0 <= dst <= n - cols):
             raise InputRangeError(f"VMM tile {tile}, src {src}, dst {dst} outside the chip")
-        x = _clamp_signed(self.act[src:src + rows], cfg.input.bits)
-        y = self.tiles[tile].vmm(x)
-        new = self.act[dst:dst + cols] + y if accumulate else y
-        self.act[dst:dst + cols] = _wrap32(new)
-        return y
+        self.vmm_tiles(tile, 1, src, dst, accumulate, mode=mode)
+        return self.act[dst:dst + cols].copy()
 
     def vmm_tiles(self, tile: int, count: int, src: int, dst: int, acc: bool = False,
-                  split_rows: bool = False, split_cols: bool = False) -> None:
+                  split_rows: bool = False, split_cols: bool = False, mode: str | None = None) -> None:
         """The sequencer's VMM: tiles tile..tile+count-1, inputs read (all of them) before
         outputs are stored or accumulated (see :mod:`cimstack.isa`)."""
         cfg = self.cfg
         rows, cols = cfg.array.rows, cfg.array.cols
-        xs = [_clamp_signed(self.act[src + k * rows * split_rows:][:rows], cfg.input.bits) for k in range(count)]
+        md = cfg.datapath.mode(mode)
+        xs = [np.clip(self.act[src + k * rows * split_rows:][:rows], md.in_min, md.in_max) for k in range(count)]
         for k, x in enumerate(xs):
-            y = self.tiles[tile + k].vmm(x)
+            y = self.tiles[tile + k].vmm(x, md.name)
             d = dst + k * cols * split_cols
             new = self.act[d:d + cols] + y if acc else y
             self.act[d:d + cols] = _wrap32(new)
@@ -321,7 +322,7 @@ class GoldenSoC:
     def run_program(self, words: list[int], iters: int = 1, in_stride: int = 0, out_stride: int = 0,
                     pc: int = 0, max_steps: int = 1_000_000) -> int:
         """Interpret a sequencer program (instruction words); returns the instructions executed."""
-        from .isa import decode
+        from .isa import decode, mode_name
         it, steps = 0, 0
         while steps < max_steps:
             ins = decode(words[pc])
@@ -330,7 +331,7 @@ class GoldenSoC:
                 return steps
             if ins.op == "VMM":
                 self.vmm_tiles(g["tile"], g["count"], g["src"], g["dst"], bool(g["acc"]),
-                               bool(g["split_rows"]), bool(g["split_cols"]))
+                               bool(g["split_rows"]), bool(g["split_cols"]), mode_name(g["mode"]))
             elif ins.op == "POST":
                 for i in range(g["n"]):
                     v = prng.round_shift(int(self.act[g["src"] + i]) * g["mul"], g["shift"])

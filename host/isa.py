@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ChipConfig
+from .config import INPUT_MODES, ChipConfig
 from .errors import InputRangeError
 
 __all__ = ["Field", "Opcode", "OPCODES", "Instr", "assemble", "disassemble", "check_program",
-           "HALT", "VMM", "POST", "COPY", "FILL", "LOOP", "isa_markdown"]
+           "HALT", "VMM", "POST", "COPY", "FILL", "LOOP", "isa_markdown", "mode_name",
+           "mode_field"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ OPCODES: dict[str, Opcode] = {o.name: o for o in (
                                    "gets the same input, multicast by the router"),
         Field("split_cols", 50, 1, "tile k writes dst + k*cols (a layer split by columns); else all "
                                    "write dst (then acc must be set when count > 1)"),
+        Field("mode", 51, 2, "input mode: 0 the config's input.mode, 1 bit_serial, 2 amplitude (input.dac_bits "
+                             "per pulse), 3 unary"),
     ), "VMM on one or more tiles through the router; waits for every output."),
     Opcode("POST", POST, (
         Field("src", 4, 16, "first source word"),
@@ -75,6 +78,15 @@ OPCODES: dict[str, Opcode] = {o.name: o for o in (
     ), "iteration += 1; jump to target while iteration < SEQ_ITERS."),
 )}
 BY_CODE = {o.code: o for o in OPCODES.values()}
+
+
+def mode_name(field_value: int) -> str | None:
+    """The input mode a VMM's ``mode`` field selects (``None``: the config's own)."""
+    return None if field_value == 0 else INPUT_MODES[field_value - 1]
+
+
+def mode_field(name: str | None) -> int:
+    return 0 if name is None else INPUT_MODES.index(name) + 1
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,9 @@ def check_program(program: list[Instr], cfg: ChipConfig, base: int = 0) -> None:
                 raise InputRangeError(f"{where}: {k} tiles would overwrite each other's outputs (set acc or split_cols)")
             if k > 1 and g["src"] < g["dst"] + dst_len and g["dst"] < g["src"] + src_len:
                 raise InputRangeError(f"{where}: outputs overlap the inputs of a multi-tile VMM")
+            if g["mode"] and mode_name(g["mode"]) not in cfg.datapath.modes:
+                raise InputRangeError(f"{where}: input mode {mode_name(g['mode'])} is not available for "
+                                      f"{cfg.input.bits}-bit inputs")
         elif ins.op in ("POST", "COPY", "FILL"):
             if g["n"] < 1:
                 raise InputRangeError(f"{where}: n must be at least 1")

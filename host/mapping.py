@@ -51,17 +51,18 @@ def check_weights(w, cfg: ChipConfig) -> np.ndarray:
     return w
 
 
-def check_inputs(x, cfg: ChipConfig) -> np.ndarray:
-    """Integer inputs of shape (..., rows) within the input range, as int64."""
+def check_inputs(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
+    """Integer inputs of shape (..., rows) within the input range of ``mode`` (default: the
+    config's input mode), as int64."""
     x = _as_int_array(x, "inputs")
     rows, bits = cfg.array.rows, cfg.input.bits
     if x.ndim == 0 or x.shape[-1] != rows:
         raise InputRangeError(f"inputs have shape {x.shape}, the last axis must be the {rows} rows")
-    lo = -(1 << (bits - 1)) + (1 if cfg.input.mode == "unary" else 0)
-    hi = (1 << (bits - 1)) - 1
+    md = cfg.datapath.mode(mode)
+    lo, hi = md.in_min, md.in_max
     if x.size and (x.min() < lo or x.max() > hi):
         raise InputRangeError(f"inputs span [{x.min()}, {x.max()}], outside [{lo}, {hi}] "
-                              f"for {bits}-bit {cfg.input.mode} inputs")
+                              f"for {bits}-bit {md.name} inputs")
     return x
 
 
@@ -101,26 +102,27 @@ def codes_to_weights(pos, neg, cfg: ChipConfig) -> np.ndarray:
     return diff @ slice_weights(cfg)
 
 
-def input_digits(x, cfg: ChipConfig) -> np.ndarray:
-    """Signed pulse digits of shape (pulses, ..., rows), in pulse order."""
-    dp, i = cfg.datapath, cfg.input
-    x = check_inputs(x, cfg)
-    if i.mode == "unary":
-        k = np.arange(dp.pulses).reshape((-1,) + (1,) * x.ndim)
+def input_digits(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
+    """Signed pulse digits of shape (pulses, ..., rows), in pulse order, for ``mode``
+    (default: the config's input mode)."""
+    md = cfg.datapath.mode(mode)
+    x = check_inputs(x, cfg, md.name)
+    if md.name == "unary":
+        k = np.arange(md.pulses).reshape((-1,) + (1,) * x.ndim)
         return np.where(np.abs(x)[None] > k, np.sign(x)[None], 0)
-    db = i.dac_bits
+    db = md.pulse_shift
     mask = (1 << db) - 1
     out = []
-    for p in range(dp.pulses - 1):
+    for p in range(md.pulses - 1):
         out.append((x >> (p * db)) & mask)
-    out.append(x >> ((dp.pulses - 1) * db))          # arithmetic shift: the signed top digit
+    out.append(x >> ((md.pulses - 1) * db))          # arithmetic shift: the signed top digit
     return np.stack(out)
 
 
-def pulse_weights(cfg: ChipConfig) -> np.ndarray:
+def pulse_weights(cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     """Weight of each pulse's partial result in the shift-add."""
-    dp = cfg.datapath
-    return np.array([1 << (p * dp.pulse_shift) for p in range(dp.pulses)], dtype=np.int64)
+    md = cfg.datapath.mode(mode)
+    return np.array([1 << (p * md.pulse_shift) for p in range(md.pulses)], dtype=np.int64)
 
 
 def check_post_params(bias, scale, cfg: ChipConfig) -> dict[str, np.ndarray]:

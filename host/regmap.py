@@ -173,7 +173,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("LINK_ERRORS", 0x00B, "ro",
                  "Frames rejected (bad CRC, bad length, overflow, unknown opcode or address) (wraps).",
                  _whole("count")),
-        # VMM engine
+        # single VMM through the sequencer (RUN unit 0)
         Register("VMM_TILE", 0x010, "rw", "Tile a single VMM (RUN unit 0) runs on.", (_f("tile", 0, 8, "tile index"),)),
         Register("VMM_SRC", 0x011, "rw",
                  "Activation-buffer address of the input vector (rows words, each clamped to the "
@@ -181,7 +181,8 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("VMM_DST", 0x012, "rw", "Activation-buffer address the cols outputs are written to.",
                  (_f("addr", 0, 16, "word address"),)),
         Register("VMM_FLAGS", 0x013, "rw", "VMM options.",
-                 (_f("accumulate", 0, 1, "add the outputs to the buffer (wrapping 32-bit) instead of storing them"),)),
+                 (_f("accumulate", 0, 1, "add the outputs to the buffer (wrapping 32-bit) instead of storing them"),
+                  _f("mode", 1, 2, "input mode: 0 the config's, 1 bit_serial, 2 amplitude, 3 unary"))),
         Register("VMM_CYCLES", 0x014, "ro", "Clock cycles the last VMM instruction took, from its start to its last output stored.",
                  _whole("cycles")),
         # sequencer

@@ -163,8 +163,8 @@ class Mesh(wiring.Component):
 
 class TileInterface(wiring.Component):
     """A tile's network interface: CFG flits set where its outputs go (index = base + column,
-    value bit 0 = accumulate), ACT flits feed its ``x`` stream in arrival order, each ``y``
-    beat leaves as an OUT or ACC flit to the buffer (node 0)."""
+    value bit 0 = accumulate) and the input mode (value bits 1..2), ACT flits feed its ``x``
+    stream in arrival order, each ``y`` beat leaves as an OUT or ACC flit to the buffer (node 0)."""
 
     def __init__(self, nodes: int, input_bits: int, out_bits: int, col_bits: int):
         self.nodes, self.input_bits = nodes, input_bits
@@ -173,6 +173,7 @@ class TileInterface(wiring.Component):
             "eject": In(stream.Signature(layout)),
             "inject": Out(stream.Signature(layout)),
             "x": Out(stream.Signature(signed(input_bits))),
+            "mode": Out(2),
             "y": In(stream.Signature(data.StructLayout({"value": signed(out_bits), "col": col_bits}))),
         })
 
@@ -186,7 +187,7 @@ class TileInterface(wiring.Component):
                      self.x.valid.eq(self.eject.valid & is_act),
                      self.eject.ready.eq(Mux(is_act, self.x.ready, 1))]
         with m.If(self.eject.valid & (f.kind == KIND_CFG)):
-            m.d.sync += [base.eq(f.index), acc.eq(f.value[0])]
+            m.d.sync += [base.eq(f.index), acc.eq(f.value[0]), self.mode.eq(f.value[1:3])]
         m.d.comb += [self.inject.valid.eq(self.y.valid), self.y.ready.eq(self.inject.ready),
                      self.inject.payload.dest.eq(1),
                      self.inject.payload.kind.eq(Mux(acc, KIND_ACC, KIND_OUT)),

@@ -20,6 +20,10 @@ from .tile import _clamp, _round_shift
 __all__ = ["Sequencer"]
 
 
+def _clamp_to(v: Value, lo: Value, hi: int) -> Value:
+    return Mux(v < lo, lo, Mux(v > hi, hi, v))
+
+
 def _field(word: Value, op: str, name: str) -> Value:
     f = next(f for f in OPCODES[op].fields if f.name == name)
     v = word[f.offset:f.offset + f.width]
@@ -34,7 +38,7 @@ class Sequencer(wiring.Component):
         super().__init__({
             "run_program": In(1), "run_vmm": In(1),
             "pc_start": In(12), "iters": In(16), "in_stride": In(16), "out_stride": In(16),
-            "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1),
+            "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1), "vmm_mode": In(2),
             "busy": Out(1), "program": Out(1), "error": Out(1),
             "pc": Out(12), "iteration": Out(16), "executed": Out(32), "vmm_cycles": Out(32),
             "program_cycles": Out(32),
@@ -87,6 +91,15 @@ class Sequencer(wiring.Component):
         tile0, count = _field(ins, "VMM", "tile"), _field(ins, "VMM", "count")
         v_src, v_dst = _field(ins, "VMM", "src"), _field(ins, "VMM", "dst")
         acc, split_rows, split_cols = _field(ins, "VMM", "acc"), _field(ins, "VMM", "split_rows"), _field(ins, "VMM", "split_cols")
+        # the input mode: field 0 is the config's own, 1.. select INPUT_MODES[field - 1]
+        mode_f = _field(ins, "VMM", "mode")
+        mode = Signal(2)
+        m.d.comb += mode.eq(Mux(mode_f == 0, cfg.datapath.mode().code, mode_f - 1))
+        in_lo = Signal(signed(ib + 1))
+        m.d.comb += in_lo.eq(-(1 << (ib - 1)))
+        if "unary" in cfg.datapath.modes:
+            with m.If(mode == cfg.datapath.mode("unary").code):
+                m.d.comb += in_lo.eq(-(1 << (ib - 1)) + 1)
         p_src, p_dst, p_n = _field(ins, "POST", "src"), _field(ins, "POST", "dst"), _field(ins, "POST", "n")
         mul, shift, relu = _field(ins, "POST", "mul"), _field(ins, "POST", "shift"), _field(ins, "POST", "relu")
         src_iter, dst_iter = _field(ins, "COPY", "src_iter"), _field(ins, "COPY", "dst_iter")
@@ -131,7 +144,7 @@ class Sequencer(wiring.Component):
                 with m.Elif(self.run_vmm):
                     # a one-instruction program from the VMM_* registers
                     word = (VMM | self.vmm_tile[:6] << 4 | C(1, 6) << 10 | self.vmm_src << 16
-                            | self.vmm_dst << 32 | self.vmm_acc << 48)
+                            | self.vmm_dst << 32 | self.vmm_acc << 48 | self.vmm_mode << 51)
                     m.d.sync += [ins.eq(word), self.busy.eq(1), single.eq(1), i.eq(0), k.eq(0),
                                  vmm_count.eq(0), received.eq(0)]
                     m.next = "VMM_CFG"
@@ -167,7 +180,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.inject.valid.eq(1), self.inject.payload.dest.eq(C(1, 1) << node_k),
                              self.inject.payload.kind.eq(KIND_CFG),
                              self.inject.payload.index.eq(v_dst + Mux(split_cols, k * cols, 0)),
-                             self.inject.payload.value.eq(acc)]
+                             self.inject.payload.value.eq(Cat(acc, mode))]
                 with m.If(self.inject.ready):
                     with m.If(k == count - 1):
                         m.d.sync += k.eq(0)
@@ -181,7 +194,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.rd_addr.eq(in_addr), self.inject.valid.eq(1),
                              self.inject.payload.dest.eq(Mux(split_rows, C(1, 1) << node_k, all_tiles)),
                              self.inject.payload.kind.eq(KIND_ACT), self.inject.payload.index.eq(i),
-                             self.inject.payload.value.eq(_clamp(self.rd_data.as_signed(), -(1 << (ib - 1)), (1 << (ib - 1)) - 1))]
+                             self.inject.payload.value.eq(_clamp_to(self.rd_data.as_signed(), in_lo, (1 << (ib - 1)) - 1))]
                 with m.If(self.inject.ready):
                     with m.If(i == rows - 1):
                         m.d.sync += i.eq(0)

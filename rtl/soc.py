@@ -71,6 +71,7 @@ class CimSoC(wiring.Component):
             wiring.connect(m, mesh.eject[t + 1], ni.eject)
             wiring.connect(m, ni.inject, mesh.inject[t + 1])
             wiring.connect(m, ni.x, tile.x)
+            m.d.comb += tile.mode.eq(ni.mode)
             wiring.connect(m, tile.y, ni.y)
             tiles.append(tile)
 
@@ -130,6 +131,7 @@ class CimSoC(wiring.Component):
         m.d.comb += [seq.run_vmm.eq(bridge.run[0]), seq.run_program.eq(bridge.run[2]),
                      seq.vmm_tile.eq(reg("VMM_TILE")[:8]), seq.vmm_src.eq(reg("VMM_SRC")[:16]),
                      seq.vmm_dst.eq(reg("VMM_DST")[:16]), seq.vmm_acc.eq(reg("VMM_FLAGS")[0]),
+                     seq.vmm_mode.eq(reg("VMM_FLAGS")[1:3]),
                      seq.pc_start.eq(reg("SEQ_PC")[:12]), seq.iters.eq(reg("SEQ_ITERS")[:16]),
                      seq.in_stride.eq(reg("SEQ_IN_STRIDE")[:16]), seq.out_stride.eq(reg("SEQ_OUT_STRIDE")[:16])]
 

@@ -54,9 +54,10 @@ class Layouts:
         self.addr_bits = _bits_for(max(self.depth, a.cols))
         self.row_bits = _bits_for(a.rows)
         self.group_bits = _bits_for(dp.groups)
-        self.pulse_bits = _bits_for(dp.pulses)
+        self.max_pulses = max(md.pulses for md in dp.modes.values())
+        self.pulse_bits = _bits_for(self.max_pulses)
         self.col_bits = _bits_for(a.cols)
-        self.digit_bits = max(2, (max(-dp.digit_min, dp.digit_max)).bit_length() + 1)
+        self.digit_bits = max(2, max(max(-md.digit_min, md.digit_max) for md in dp.modes.values()).bit_length() + 1)
         self.post_word_bits = cfg.post.bias_bits + cfg.post.scale_bits
 
         self.load = data.StructLayout({
@@ -89,6 +90,7 @@ class DacController(wiring.Component):
     """Buffers one input vector and expands it into signed pulse digits, row by row.
 
     Beat order: group, then pulse, then row (the crossbar re-reads the inputs once per group).
+    ``mode`` (an :data:`~cimstack.config.INPUT_MODES` code) must hold for the whole VMM.
     """
 
     def __init__(self, cfg: ChipConfig):
@@ -96,6 +98,7 @@ class DacController(wiring.Component):
         super().__init__({
             "x": In(stream.Signature(signed(cfg.input.bits))),
             "digits": Out(stream.Signature(self.lay.digit)),
+            "mode": In(2),
             "running": Out(1),
         })
 
@@ -108,7 +111,12 @@ class DacController(wiring.Component):
 
         load_row = Signal(range(rows))
         g = Signal(range(max(2, dp.groups)))
-        p = Signal(range(max(2, dp.pulses)))
+        p = Signal(range(max(2, lay.max_pulses)))
+        n_pulses = Signal(range(lay.max_pulses + 1))
+        with m.Switch(self.mode):
+            for md in dp.modes.values():
+                with m.Case(md.code):
+                    m.d.comb += n_pulses.eq(md.pulses)
         r = Signal(range(max(2, rows)))
         out_valid = Signal()
         meta = Signal(lay.digit)
@@ -125,7 +133,7 @@ class DacController(wiring.Component):
 
         advance = ~out_valid | self.digits.ready
         m.d.comb += [rd.en.eq(advance), rd.addr.eq(r)]
-        last_row, last_pulse, last_group = r == rows - 1, p == dp.pulses - 1, g == dp.groups - 1
+        last_row, last_pulse, last_group = r == rows - 1, p == n_pulses - 1, g == dp.groups - 1
         with m.If(advance):
             m.d.sync += out_valid.eq(self.running)
             with m.If(self.running):
@@ -147,16 +155,19 @@ class DacController(wiring.Component):
         # digit of the buffered input for the latched pulse
         xv = rd.data
         digit = Signal(signed(lay.digit_bits))
-        if cfg.input.mode == "unary":
-            mag = Mux(xv < 0, -xv, xv)
-            m.d.comb += digit.eq(Mux(mag > meta.pulse, Mux(xv < 0, -1, 1), 0))
-        else:
-            db = cfg.input.dac_bits
-            shifted = xv >> (meta.pulse * db)                 # arithmetic: xv is signed
-            with m.If(meta.last_pulse):
-                m.d.comb += digit.eq(shifted)
-            with m.Else():
-                m.d.comb += digit.eq(shifted.as_unsigned()[:db])
+        with m.Switch(self.mode):
+            for md in dp.modes.values():
+                with m.Case(md.code):
+                    if md.name == "unary":
+                        mag = Mux(xv < 0, -xv, xv)
+                        m.d.comb += digit.eq(Mux(mag > meta.pulse, Mux(xv < 0, -1, 1), 0))
+                    else:
+                        db = md.pulse_shift
+                        shifted = xv >> (meta.pulse * db)                 # arithmetic: xv is signed
+                        with m.If(meta.last_pulse):
+                            m.d.comb += digit.eq(shifted)
+                        with m.Else():
+                            m.d.comb += digit.eq(shifted.as_unsigned()[:db])
         m.d.comb += [self.digits.valid.eq(out_valid), self.digits.payload.eq(meta),
                      self.digits.payload.digit.eq(digit)]
         return m
@@ -372,6 +383,7 @@ class ShiftAccumulator(wiring.Component):
         super().__init__({
             "codes": In(stream.Signature(self.lay.codes)),
             "columns": Out(stream.Signature(self.lay.column)),
+            "mode": In(2),
         })
 
     def elaborate(self, platform):
@@ -388,7 +400,12 @@ class ShiftAccumulator(wiring.Component):
         m.d.comb += self.codes.ready.eq(~emitting)
         with m.If(self.codes.valid & self.codes.ready):
             beat = self.codes.payload
-            shift = beat.pulse * dp.pulse_shift
+            pulse_shift = Signal(range(max(2, max(md.pulse_shift for md in dp.modes.values()) + 1)))
+            with m.Switch(self.mode):
+                for md in dp.modes.values():
+                    with m.Case(md.code):
+                        m.d.comb += pulse_shift.eq(md.pulse_shift)
+            shift = beat.pulse * pulse_shift
             totals = []
             for l in range(lanes):
                 prev = Mux(beat.pulse == 0, 0, acc[l])
@@ -460,6 +477,8 @@ class CimTile(wiring.Component):
     beat per row) to start a VMM, read ``y`` (one beat per column, column order), apply
     ``pulse`` requests between VMMs. ``adc_gain``, ``adc_offset``, ``relu`` are run-time
     registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed``.
+    ``mode`` selects the VMM's input mode (an :data:`~cimstack.config.INPUT_MODES` code); it
+    is sampled with every input beat, and the value with the last row holds for the VMM.
     """
 
     def __init__(self, cfg: ChipConfig, tile: int = 0):
@@ -474,6 +493,7 @@ class CimTile(wiring.Component):
             "adc_gain": In(8, init=cfg.adc.gain),
             "adc_offset": In(signed(cfg.adc.bits), init=cfg.adc.offset),
             "relu": In(1, init=int(cfg.post.relu)),
+            "mode": In(2, init=cfg.datapath.mode().code),
             "reseed": In(1),
             "seed": In(32),
             "busy": Out(1),
@@ -500,6 +520,11 @@ class CimTile(wiring.Component):
         wiring.connect(m, post.y, wiring.flipped(self.y))
         wiring.connect(m, wiring.flipped(self.pulse), xbar.pulse)
         wiring.connect(m, xbar.pulse_done, wiring.flipped(self.pulse_done))
+
+        vmm_mode = Signal(2, init=cfg.datapath.mode().code)
+        with m.If(self.x.valid & self.x.ready):
+            m.d.sync += vmm_mode.eq(self.mode)
+        m.d.comb += [dac.mode.eq(vmm_mode), shacc.mode.eq(vmm_mode)]
 
         # busy from the first input beat until the last column leaves
         last_col = self.y.valid & self.y.ready & (self.y.payload.col == cfg.array.cols - 1)

@@ -8,8 +8,12 @@ from cimstack.golden import GoldenTile, Pulse
 __all__ = ["make_job", "run_golden", "vmm_op", "pulse_op", "read_op"]
 
 
-def vmm_op(x) -> dict:
-    return {"op": "vmm", "x": [int(v) for v in np.asarray(x).ravel()]}
+def vmm_op(x, mode: str | None = None) -> dict:
+    """A VMM in input ``mode`` (default: the config's)."""
+    op = {"op": "vmm", "x": [int(v) for v in np.asarray(x).ravel()]}
+    if mode is not None:
+        op["mode"] = mode
+    return op
 
 
 def pulse_op(tile: GoldenTile, row: int, unit: int, cell: int, polarity: int, amplitude: int) -> dict:
@@ -40,7 +44,7 @@ def run_golden(tile: GoldenTile, ops: list[dict]) -> list:
     for op in ops:
         kind = op["op"]
         if kind == "vmm":
-            out.append(tile.vmm(np.array(op["x"])).tolist())
+            out.append(tile.vmm(np.array(op["x"]), op.get("mode")).tolist())
         elif kind == "pulse" and op.get("read"):
             out.append(tile.read_cell(op["row"], op["group"] * lanes + op["lane"], op["cell"]))
         elif kind == "pulse":

@@ -13,6 +13,7 @@ from cimstack.config import preset
 from cimstack.golden import GoldenSoC, Pulse, WriteVerifyJob
 from cimstack.protocol import (ESC, FLAG, ErrorCode, Frame, Op, encode_frame, read_mem_payload,
                                read_reg_payload, split_words, write_mem_payload, write_reg_payload)
+from cimstack.isa import mode_name
 from cimstack.regmap import WV_CONVERGED, WV_STUCK, register_map
 from cimstack.sim.script import Script, error_code, ok_payload, u32s
 from cimstack.sim.verilator import build_soc
@@ -161,12 +162,14 @@ def test_vmm_engine_matches_golden(soc):
         tile = int(rng.integers(cfg.array.tiles))
         src = int(rng.integers(0, 300))
         dst = int(rng.integers(300, n - cols)) if i % 3 else src + rows // 2    # some overwrite inputs
-        ops.append((tile, src, dst, bool(rng.integers(2))))
-    for tile, src, dst, acc in ops:
-        s.request(Op.WRITE_REG, write_reg_payload(rm["VMM_TILE"].addr, [tile, src, dst, int(acc)]))
+        mode = int(rng.integers(0, 4))                   # 0: the config's, 1..3: chosen per VMM
+        ops.append((tile, src, dst, bool(rng.integers(2)), mode))
+    assert {o[4] for o in ops} == {0, 1, 2, 3}
+    for tile, src, dst, acc, mode in ops:
+        s.request(Op.WRITE_REG, write_reg_payload(rm["VMM_TILE"].addr, [tile, src, dst, int(acc) | mode << 1]))
         s.request(Op.RUN, bytes([0]))
         s.wait_idle()
-        model.vmm(tile, src, dst, acc)
+        model.vmm(tile, src, dst, acc, mode_name(mode))
     reads = read_words(s, rm.space("ACT"), 0, n, cfg.soc.max_payload)
     ans = Script.answers(soc.run_job(s.job(), "vmm"))
     got = np.array(gather(ans, reads, 4), dtype=np.int64)
@@ -281,7 +284,7 @@ def sequencer_program(base: int = 0):
         ("VMM", dict(tile=0, count=2, src=200, dst=264, acc=1, split_rows=1)),
         ("POST", dict(src=264, dst=280, n=16, mul=3, shift=4, relu=1)),
         ("FILL", dict(dst=296, n=16, value=-1)),
-        ("VMM", dict(tile=0, count=2, src=280, dst=320, split_cols=1)),
+        ("VMM", dict(tile=0, count=2, src=280, dst=320, split_cols=1, mode=3)),     # unary pulses
         ("POST", dict(src=320, dst=360, n=32, mul=-5, shift=2)),
         ("COPY", dict(src=360, dst=400, n=32, dst_iter=1)),
         ("LOOP", dict(target=base)),            # instruction addresses are absolute

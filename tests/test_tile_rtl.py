@@ -72,6 +72,21 @@ def test_vmm_bit_exact(rtl):
     assert len(np.unique(outs)) > 50
 
 
+def test_vmm_input_mode_per_vmm(rtl):
+    """Every input mode the chip offers, chosen per VMM in random order, bit for bit."""
+    cfg = rtl.cfg
+    dp = cfg.datapath
+    rng = np.random.default_rng(2000 + sum(map(ord, cfg.name)))
+    tile = random_tile(cfg, rng)
+    names = [n for n in dp.modes for _ in range(10)]
+    rng.shuffle(names)
+    ops = [vmm_op(rng.integers(dp.mode(n).in_min, dp.mode(n).in_max + 1, cfg.array.rows), n) for n in names]
+    expected = run_golden(tile, ops)
+    result = rtl.run_job(make_job(tile, ops), "modes")
+    assert_same(expected, result["results"], f"{cfg.name} modes")
+    assert len(set(names)) == 3
+
+
 def test_cell_update_pulses(rtl):
     """Random SET/RESET pulses of random amplitude (stuck cells included), then VMMs that
     read the updated states."""

@@ -160,6 +160,7 @@ async def run_job(dut):
         c0 = drv.cycle
         kind = op["op"]
         if kind == "vmm":
+            dut.mode.value = cfg.datapath.mode(op.get("mode")).code
             results.append(await drv.vmm(op["x"]))
         elif kind == "pulse":
             results.append(await drv.pulse(op))
