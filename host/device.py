@@ -15,7 +15,8 @@ from .errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeo
 from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_verify
 from .link import Link
 from .mapping import check_post_params
-from .regmap import ID_MAGIC, register_map
+from .bitfields import pack, unpack
+from .regmap import ID_MAGIC, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 
 __all__ = ["Device"]
 
@@ -176,7 +177,8 @@ class Device:
         return out
 
     def _write_verify_batch(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max) -> list[WriteVerifyResult]:
-        words = [j.target | j.tol << 16 | j.row << 24 | j.group << 40 | j.lane << 48 | j.cell << 56 for j in jobs]
+        words = [pack(WV_JOB_FIELDS, dict(target=j.target, tol=j.tol, row=j.row, group=j.group, lane=j.lane,
+                                          cell=j.cell), "write-verify job") for j in jobs]
         self.write_memory("WV_JOBS", 0, words)
         self.write("WV_TILE", tile=tile)
         self.write("WV_COUNT", count=len(jobs))
@@ -186,8 +188,8 @@ class Device:
         self.wait_idle(0b010)
         out = []
         for w in self.read_memory("WV_RESULTS", 0, len(jobs)):
-            err = (w >> 16) & 0xFFFF
-            out.append(WriteVerifyResult(w & 3, (w >> 4) & 0xFFF, err - (1 << 16) if err >> 15 else err))
+            r = unpack(WV_RESULT_FIELDS, w)
+            out.append(WriteVerifyResult(r["status"], r["pulses"], r["error"]))
         return out
 
     def _cell(self, tile: int, row: int, unit: int, cell: int) -> None:

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .bitfields import Field, pack, unpack
 from .config import INPUT_MODES, ChipConfig
 from .errors import InputRangeError
 
 __all__ = ["Field", "Opcode", "OPCODES", "Instr", "assemble", "disassemble", "check_program",
            "HALT", "VMM", "POST", "COPY", "FILL", "LOOP", "isa_markdown", "mode_name",
            "mode_field"]
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    offset: int
-    width: int
-    doc: str
-    signed: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,31 +90,11 @@ class Instr:
         return f"{self.op} " + ", ".join(f"{k}={v}" for k, v in self.args.items())
 
 
-def _encode(op: Opcode, args: dict) -> int:
-    unknown = set(args) - {f.name for f in op.fields}
-    if unknown:
-        raise InputRangeError(f"{op.name} has no field(s) {', '.join(sorted(unknown))}")
-    word = op.code
-    for f in op.fields:
-        v = int(args.get(f.name, 0))
-        lo, hi = (-(1 << (f.width - 1)), (1 << (f.width - 1)) - 1) if f.signed else (0, (1 << f.width) - 1)
-        if not lo <= v <= hi:
-            raise InputRangeError(f"{op.name}.{f.name} = {v} outside [{lo}, {hi}]")
-        word |= (v & ((1 << f.width) - 1)) << f.offset
-    return word
-
-
 def decode(word: int) -> Instr:
     op = BY_CODE.get(word & ((1 << OP_BITS) - 1))
     if op is None:
         raise InputRangeError(f"instruction 0x{word:016x} has no valid opcode")
-    args = {}
-    for f in op.fields:
-        v = (word >> f.offset) & ((1 << f.width) - 1)
-        if f.signed and v >> (f.width - 1):
-            v -= 1 << f.width
-        args[f.name] = v
-    return Instr(op.name, args)
+    return Instr(op.name, unpack(op.fields, word))
 
 
 def check_program(program: list[Instr], cfg: ChipConfig, base: int = 0) -> None:
@@ -174,7 +146,7 @@ def assemble(program: list[Instr] | list[tuple], cfg: ChipConfig | None = None, 
             raise InputRangeError(f"instruction {pc}: unknown op {ins.op!r}; ops: {', '.join(OPCODES)}")
     if cfg is not None:
         check_program(program, cfg, base)
-    return [_encode(OPCODES[ins.op], ins.args) for ins in program]
+    return [pack(OPCODES[ins.op].fields, ins.args, ins.op, base=OPCODES[ins.op].code) for ins in program]
 
 
 def disassemble(words: list[int]) -> list[Instr]:

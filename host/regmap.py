@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from .bitfields import Field, pack, unpack
 from .config import ChipConfig
 from .golden import memory_word_bits
 
 __all__ = ["Field", "Register", "MemorySpace", "RegisterMap", "register_map", "ID_MAGIC",
            "PROTOCOL_VERSION", "TILE_REG_BASE", "TILE_REG_STRIDE", "WV_CONVERGED", "WV_FAILED",
-           "WV_STUCK"]
+           "WV_STUCK", "WV_JOB_FIELDS", "WV_RESULT_FIELDS"]
 
 ID_MAGIC = 0x434D5343            # "CSMC" little-endian bytes: b"CSMC"
 PROTOCOL_VERSION = (1, 0)
@@ -34,18 +35,16 @@ TILE_REG_STRIDE = 0x10
 # write-verify result status
 WV_PENDING, WV_CONVERGED, WV_FAILED, WV_STUCK = 0, 1, 2, 3
 
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    offset: int
-    width: int
-    doc: str
-    signed: bool = False
-
-    @property
-    def mask(self) -> int:
-        return ((1 << self.width) - 1) << self.offset
+# words of the WV_JOBS and WV_RESULTS memory spaces (contiguous from bit 0: the RTL's layouts)
+WV_JOB_FIELDS = (
+    Field("target", 0, 16, "target state, state LSBs"), Field("tol", 16, 8, "tolerance, state LSBs"),
+    Field("row", 24, 16, "row"), Field("group", 40, 8, "MAC lane group"), Field("lane", 48, 8, "lane"),
+    Field("cell", 56, 1, "0 G+, 1 G-"),
+)
+WV_RESULT_FIELDS = (
+    Field("status", 0, 2, "0 pending, 1 converged, 2 failed, 3 stuck"), Field("reserved", 2, 2, "0"),
+    Field("pulses", 4, 12, "pulses applied"), Field("error", 16, 16, "last read minus target", signed=True),
+)
 
 
 @dataclass(frozen=True)
@@ -60,25 +59,10 @@ class Register:
 
     def pack(self, **values: int) -> int:
         """The register word with the named fields set (others zero)."""
-        word = 0
-        for f in self.fields:
-            v = values.pop(f.name, 0)
-            lo, hi = (-(1 << (f.width - 1)), (1 << (f.width - 1)) - 1) if f.signed else (0, (1 << f.width) - 1)
-            if not lo <= v <= hi:
-                raise ValueError(f"{self.name}.{f.name} = {v} out of range [{lo}, {hi}]")
-            word |= (v & ((1 << f.width) - 1)) << f.offset
-        if values:
-            raise ValueError(f"register {self.name} has no field(s) {', '.join(values)}")
-        return word
+        return pack(self.fields, values, self.name)
 
     def unpack(self, word: int) -> dict[str, int]:
-        out = {}
-        for f in self.fields:
-            v = (word >> f.offset) & ((1 << f.width) - 1)
-            if f.signed and v >> (f.width - 1):
-                v -= 1 << f.width
-            out[f.name] = v
-        return out
+        return unpack(self.fields, word)
 
 
 @dataclass(frozen=True)
@@ -135,6 +119,10 @@ class RegisterMap:
             "registers": [asdict(r) for r in self.registers],
             "memory_spaces": [asdict(s) for s in self.spaces],
         }, indent=2)
+
+
+def _layout(fields) -> str:
+    return " | ".join(f"{f.name} ({f.width}{', signed' if f.signed else ''}: {f.doc})" for f in fields) + ", from bit 0 up."
 
 
 def register_map(cfg: ChipConfig) -> RegisterMap:
@@ -241,12 +229,8 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                     "Activation buffer: signed 32-bit inputs and outputs of VMMs."),
         MemorySpace("INSTR", 0x03, 8, 64, s.instr_words, "rw",
                     "Sequencer program: 64-bit instructions (docs/sequencer.md)."),
-        MemorySpace("WV_JOBS", 0x01, 8, 64, s.wv_jobs, "rw",
-                    "Write-verify jobs: target (16, state LSBs) | tol (8) | row (16) | group (8) | "
-                    "lane (8) | cell (1), from bit 0 up."),
-        MemorySpace("WV_RESULTS", 0x02, 4, 32, s.wv_jobs, "rw",
-                    "Write-verify results: status (2: 0 pending, 1 converged, 2 failed, 3 stuck) | "
-                    "reserved (2) | pulses (12) | final error (16, signed, state LSBs) from bit 0 up."),
+        MemorySpace("WV_JOBS", 0x01, 8, 64, s.wv_jobs, "rw", "Write-verify jobs: " + _layout(WV_JOB_FIELDS)),
+        MemorySpace("WV_RESULTS", 0x02, 4, 32, s.wv_jobs, "rw", "Write-verify results: " + _layout(WV_RESULT_FIELDS)),
     ]
     for t in range(a.tiles):
         spaces.append(MemorySpace(f"TILE{t}_XBAR", 0x10 + t, (xbar_bits + 7) // 8, xbar_bits,

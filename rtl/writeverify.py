@@ -13,19 +13,21 @@ from amaranth.lib.wiring import In, Out
 from cimstack import prng as ref_prng
 from cimstack.config import NOISE_FRAC_BITS, ChipConfig
 from cimstack.golden import VERIFY_STREAM
-from cimstack.regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+from cimstack.bitfields import contiguous
+from cimstack.regmap import WV_CONVERGED, WV_FAILED, WV_JOB_FIELDS, WV_RESULT_FIELDS, WV_STUCK
 
 from .prng import irwin_hall, reseed_value, xorshift32_next
 from .tile import Layouts, _round_shift
 
 __all__ = ["WriteVerifyController", "JobLayout", "ResultLayout"]
 
-JobLayout = data.StructLayout({
-    "target": 16, "tol": 8, "row": 16, "group": 8, "lane": 8, "cell": 1,
-})
-ResultLayout = data.StructLayout({
-    "status": 2, "reserved": 2, "pulses": 12, "error": signed(16),
-})
+def _struct(fields) -> data.StructLayout:
+    assert contiguous(fields)
+    return data.StructLayout({f.name: signed(f.width) if f.signed else f.width for f in fields})
+
+
+JobLayout = _struct(WV_JOB_FIELDS)
+ResultLayout = _struct(WV_RESULT_FIELDS)
 SET, RESET, NONE = 0, 1, 2
 
 

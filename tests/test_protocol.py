@@ -9,6 +9,7 @@ from cimstack.gen import regmap_c_header, regmap_markdown, update_protocol_doc
 from cimstack.gen.registers import DOC_BEGIN, DOC_END
 from cimstack.protocol import (ESC, FLAG, Deframer, Frame, Op, crc16, encode_frame, split_words,
                                write_mem_payload)
+from cimstack.errors import InputRangeError
 from cimstack.regmap import ID_MAGIC, register_map
 
 
@@ -65,9 +66,9 @@ def test_register_map_is_consistent(name):
     data = json.loads(rm.to_json())
     assert len(data["registers"]) == len(rm.registers)
     assert rm["WV_AMP"].unpack(rm["WV_AMP"].pack(start=2, step=3, max=7)) == {"start": 2, "step": 3, "max": 7}
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(InputRangeError, match="outside"):
         rm["WV_AMP"].pack(start=256)
-    with pytest.raises(ValueError, match="no field"):
+    with pytest.raises(InputRangeError, match="no field"):
         rm["WV_AMP"].pack(bogus=1)
 
 
