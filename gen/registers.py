@@ -45,7 +45,7 @@ def regmap_markdown(rm: RegisterMap, tiles_shown: int | None = None) -> str:
         lines.append(f"| `0x{s.space:02x}` | `{s.name}` | {s.word_bytes} | {s.word_bits} | {s.depth} | "
                      f"{s.access} | {_md_escape(s.doc)} |")
     if tiles_shown is not None:
-        lines += ["", f"Tile `t`'s spaces are `0x10 + t` (crossbar) and `0x40 + t` (post-processing)."]
+        lines += ["", "Tile `t`'s spaces are `0x10 + t` (crossbar) and `0x40 + t` (post-processing)."]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ applied, so a corrupted or truncated frame never changes chip state.
 """
 
 from amaranth import *
-from amaranth.lib import crc, data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.config import ChipConfig

@@ -78,7 +78,7 @@ class Router(wiring.Component):
         m = Module()
         dirs = self.dirs
         n = len(dirs)
-        heads, valids, reqs, served, pops = [], [], [], [], []
+        heads, reqs, served, pops = [], [], [], []
         for i, d in enumerate(dirs):
             q = fifo.SyncFIFOBuffered(width=Shape.cast(FlitLayout(self.nodes)).width, depth=self.depth)
             m.submodules[f"q_{d}"] = q

@@ -245,7 +245,7 @@ class CrossbarMacro(wiring.Component):
                              out.last_pulse.eq(s1.last_pulse)]
 
         # ---- cell update: read, compute, write -----------------------------------------
-        E, frac = lay.entry_bits, cfg.cell.frac_bits
+        E = lay.entry_bits
         gs = (1 << dp.state_bits) - 1
         upd_seed = ref_prng.seed_state(cfg.seed, ref_prng.update_stream(self.tile))
         upd_rng = Signal(32, init=upd_seed)
@@ -501,7 +501,7 @@ class CimTile(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, lay = self.cfg, self.lay
+        cfg = self.cfg
         m.submodules.dac = dac = DacController(cfg)
         m.submodules.xbar = xbar = CrossbarMacro(cfg, self.tile)
         m.submodules.adc = adc = AdcController(cfg, self.tile)

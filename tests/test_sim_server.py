@@ -162,7 +162,6 @@ def test_cli_serve_prints_address_and_stops_cleanly(server, tmp_path):
             if "listening on" in line:
                 url = line.rsplit("->", 1)[1].strip()
         assert url and url.startswith("socket://127.0.0.1:")
-        port = url.rsplit(":", 1)[1]
         with Link(url, timeout=5.0) as link:
             assert Device(link, cfg).read("SCRATCH") == 0
         harness = [p for p in _children_named("cim_server") if _parent(p) == proc.pid]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from cimstack.config import ChipConfig, preset
-from cimstack.golden import STUCK_AT_0, STUCK_AT_MAX, GoldenTile
 from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
 
