@@ -25,7 +25,7 @@ from cimstack.device import Device
 from cimstack.golden import GoldenSoC, WriteVerifyJob
 from cimstack.link import Link, LinkStats
 from cimstack.mapping import weights_to_codes
-from cimstack.protocol import Op, read_reg_payload, write_reg_payload
+from cimstack.protocol import Op, read_reg_payload, write_mem_payload, write_reg_payload
 from cimstack.regmap import WV_CONVERGED, register_map
 from cimstack.sim.script import Script
 from cimstack.sim.server import SimServer
@@ -164,8 +164,7 @@ def cocotb_baseline(cfg: ChipConfig, rng, n_vmm: int, build_root: Path) -> dict:
     s = Script()
     a = cfg.array
     for tile, x in vmm_workload(cfg, rng, n_vmm):
-        s.request(Op.WRITE_MEM, bytes([rm.space("ACT").space]) + (0).to_bytes(2, "little")
-                  + b"".join(int(v & 0xFFFFFFFF).to_bytes(4, "little") for v in x))
+        s.request(Op.WRITE_MEM, write_mem_payload(rm.space("ACT").space, 0, [int(v) for v in x], 4))
         s.request(Op.WRITE_REG, write_reg_payload(rm["VMM_TILE"].addr, [tile, 0, a.rows, 0]))
         s.request(Op.RUN, bytes([0]))
         s.wait_idle()

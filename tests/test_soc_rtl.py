@@ -45,6 +45,19 @@ def gather(answers, steps, word_bytes) -> list[int]:
     return out
 
 
+def gather_act(answers, steps) -> np.ndarray:
+    """Activation words read back, as signed 32-bit values."""
+    got = np.array(gather(answers, steps, 4), dtype=np.int64)
+    return np.where(got >= 1 << 31, got - (1 << 32), got)
+
+
+def random_soc(cfg, rng, stuck_rate: float) -> GoldenSoC:
+    model = GoldenSoC(cfg)
+    for t in range(cfg.array.tiles):
+        model.tiles[t] = random_tile(cfg, rng, stuck_rate=stuck_rate, tile=t)
+    return model
+
+
 def load_chip(s: Script, soc_model: GoldenSoC, rm, seed: int) -> None:
     """Copy the golden SoC's tiles (cells, post-processing, registers) into the chip."""
     cfg = soc_model.cfg
@@ -147,9 +160,7 @@ def test_vmm_engine_matches_golden(soc):
     cfg = soc.cfg
     rm = register_map(cfg)
     rng = np.random.default_rng(21)
-    model = GoldenSoC(cfg)
-    for t in range(cfg.array.tiles):
-        model.tiles[t] = random_tile(cfg, rng, stuck_rate=0.02, tile=t)
+    model = random_soc(cfg, rng, stuck_rate=0.02)
     s = Script(rx_stall=0.1, tx_stall=0.2, seed=9)
     load_chip(s, model, rm, seed=int(rng.integers(1 << 32)))
     rows, cols, n = cfg.array.rows, cfg.array.cols, cfg.soc.act_words
@@ -172,9 +183,7 @@ def test_vmm_engine_matches_golden(soc):
         model.vmm(tile, src, dst, acc, mode_name(mode))
     reads = read_words(s, rm.space("ACT"), 0, n, cfg.soc.max_payload)
     ans = Script.answers(soc.run_job(s.job(), "vmm"))
-    got = np.array(gather(ans, reads, 4), dtype=np.int64)
-    got = np.where(got >= 1 << 31, got - (1 << 32), got)
-    np.testing.assert_array_equal(got, model.act)
+    np.testing.assert_array_equal(gather_act(ans, reads), model.act)
     assert len(np.unique(model.act[300:])) > 50
 
 
@@ -185,9 +194,7 @@ def test_write_verify_and_cell_access(soc):
     rm = register_map(cfg)
     dp, a = cfg.datapath, cfg.array
     rng = np.random.default_rng(31)
-    model = GoldenSoC(cfg)
-    for t in range(a.tiles):
-        model.tiles[t] = random_tile(cfg, rng, stuck_rate=0.0, tile=t)
+    model = random_soc(cfg, rng, stuck_rate=0.0)
     tile = 1
     g = model.tiles[tile]
     cells = {(int(rng.integers(a.rows)), int(rng.integers(dp.units)), int(rng.integers(2))) for _ in range(70)}
@@ -252,8 +259,7 @@ def test_write_verify_and_cell_access(soc):
     for step, want in singles:
         (v,) = u32s(ok_payload(ans, step, Op.READ_REG))
         assert v - (1 << 32) * (v >> 31) == want
-    got = np.array(gather(ans, vmm_reads, 4), dtype=np.int64)
-    np.testing.assert_array_equal(np.where(got >= 1 << 31, got - (1 << 32), got), model.act[200:200 + 4 * a.cols])
+    np.testing.assert_array_equal(gather_act(ans, vmm_reads), model.act[200:200 + 4 * a.cols])
 
 
 def test_uart_bit_level(tmp_path_factory):
@@ -297,9 +303,7 @@ def test_sequencer_program_matches_golden(soc):
     cfg = soc.cfg
     rm = register_map(cfg)
     rng = np.random.default_rng(41)
-    model = GoldenSoC(cfg)
-    for t in range(cfg.array.tiles):
-        model.tiles[t] = random_tile(cfg, rng, stuck_rate=0.02, tile=t)
+    model = random_soc(cfg, rng, stuck_rate=0.02)
     s = Script(rx_stall=0.1, seed=4)
     load_chip(s, model, rm, seed=int(rng.integers(1 << 32)))
     x = rng.integers(-40, 40, 3 * 64)
@@ -321,8 +325,7 @@ def test_sequencer_program_matches_golden(soc):
 
     steps = model.run_program([0] * 8 + words, iters=3, in_stride=64, out_stride=32, pc=8)
     ans = Script.answers(soc.run_job(s.job(), "sequencer"))
-    got = np.array(gather(ans, reads, 4), dtype=np.int64)
-    np.testing.assert_array_equal(np.where(got >= 1 << 31, got - (1 << 32), got), model.act)
+    np.testing.assert_array_equal(gather_act(ans, reads), model.act)
     seq_state, executed = u32s(ok_payload(ans, state, Op.READ_REG))
     assert rm["SEQ_STATE"].unpack(seq_state) == {"pc": 8 + len(words) - 1, "iteration": 3, "error": 0}
     assert executed == steps == 3 * (len(words) - 1) + 1
