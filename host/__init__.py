@@ -2,11 +2,14 @@
 
 The host API. ``cimstack.config`` holds the chip configuration every layer reads,
 ``cimstack.golden`` the bit-exact integer model of the RTL datapath, ``cimstack.physics`` the
-differentiable float model of the devices, ``cimstack.rtl`` the Amaranth gateware.
+differentiable float model of the devices, ``cimstack.rtl`` the Amaranth gateware;
+``cimstack.compile`` turns a model into a :class:`Deployment` that runs on any backend
+(``cimstack.backends``).
 """
 from .config import ChipConfig, load, preset, PRESETS
-from .errors import CimstackError, ConfigError, InputRangeError, SimulationError
+from .errors import CimstackError, CompileError, ConfigError, InputRangeError, PlacementError, SimulationError
+from .deployment import Deployment, compile
 
-__all__ = ["ChipConfig", "load", "preset", "PRESETS",
-           "CimstackError", "ConfigError", "InputRangeError", "SimulationError"]
+__all__ = ["ChipConfig", "load", "preset", "PRESETS", "compile", "Deployment",
+           "CimstackError", "CompileError", "ConfigError", "InputRangeError", "PlacementError", "SimulationError"]
 __version__ = "0.1.0"

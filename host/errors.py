@@ -35,3 +35,16 @@ class DeviceError(CimstackError, RuntimeError):
 
 class ConfigMismatchError(CimstackError, RuntimeError):
     """The gateware was built from a different chip config than the host is using."""
+
+
+class CompileError(CimstackError, ValueError):
+    """A model cannot be imported: an op, module or attribute the compiler cannot map onto
+    the chip, or a malformed graph. The message names the op and the node."""
+
+
+class PlacementError(CimstackError, ValueError):
+    """A compiled model does not fit on the chip: the message names the layer and the shortfall."""
+
+
+class ProgrammingError(CimstackError, RuntimeError):
+    """Write-verify left cells out of tolerance where the caller asked for none to be."""

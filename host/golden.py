@@ -37,7 +37,8 @@ from .errors import InputRangeError
 from .mapping import check_inputs, check_post_params, input_digits, weights_to_codes
 
 __all__ = ["GoldenTile", "Pulse", "STUCK_NONE", "STUCK_AT_0", "STUCK_AT_MAX", "SET", "RESET",
-           "memory_word_bits", "GoldenSoC", "WriteVerifyJob", "WriteVerifyResult", "VERIFY_STREAM", "check_write_verify"]
+           "memory_word_bits", "GoldenSoC", "WriteVerifyJob", "WriteVerifyResult", "VERIFY_STREAM", "check_write_verify",
+           "ispp"]
 
 STUCK_NONE, STUCK_AT_0, STUCK_AT_MAX = 0, 1, 2
 SET, RESET = 0, 1
@@ -373,26 +374,40 @@ class GoldenSoC:
         read again. A cell out of budget is *stuck* if its last read is within ``tol`` of its
         first, else *failed*.
         """
-        from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
         check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
         lanes, g = self.cfg.array.mac_lanes, self.tiles[tile]
-        results = []
-        for j in jobs:
-            unit = j.group * lanes + j.lane
-            first = r = self.read_cell(tile, j.row, unit, j.cell)
-            pulses, amp, last = 0, amp_start, None
-            while True:
-                err = r - j.target
-                if abs(err) <= j.tol:
-                    status = WV_CONVERGED
-                    break
-                if pulses >= max_pulses:
-                    status = WV_STUCK if abs(r - first) <= j.tol else WV_FAILED
-                    break
-                polarity = SET if err < 0 else RESET
-                amp = min(amp + amp_step, amp_max) if polarity == last else amp_start
-                g.pulse(Pulse(j.row, unit, j.cell, polarity, amp))
-                pulses, last = pulses + 1, polarity
-                r = self.read_cell(tile, j.row, unit, j.cell)
-            results.append(WriteVerifyResult(status, pulses, int(np.clip(err, -32768, 32767))))
-        return results
+
+        def read(j: WriteVerifyJob) -> int:
+            return self.read_cell(tile, j.row, j.group * lanes + j.lane, j.cell)
+
+        def pulse(j: WriteVerifyJob, polarity: int, amplitude: int) -> None:
+            g.pulse(Pulse(j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude))
+
+        return ispp(jobs, read, pulse, max_pulses, amp_start, amp_step, amp_max)
+
+
+def ispp(jobs, read, pulse, max_pulses: int, amp_start: int, amp_step: int, amp_max: int) -> list[WriteVerifyResult]:
+    """The write-verify algorithm of the on-chip controller, cell by cell, over two callbacks:
+    ``read(job) -> state`` (a noisy verify read) and ``pulse(job, polarity, amplitude)``.
+    :meth:`GoldenSoC.write_verify` runs it on the golden tiles; the device backend runs it
+    host-driven over the link's single-cell registers."""
+    from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+    results = []
+    for j in jobs:
+        first = r = read(j)
+        pulses, amp, last = 0, amp_start, None
+        while True:
+            err = r - j.target
+            if abs(err) <= j.tol:
+                status = WV_CONVERGED
+                break
+            if pulses >= max_pulses:
+                status = WV_STUCK if abs(r - first) <= j.tol else WV_FAILED
+                break
+            polarity = SET if err < 0 else RESET
+            amp = min(amp + amp_step, amp_max) if polarity == last else amp_start
+            pulse(j, polarity, amp)
+            pulses, last = pulses + 1, polarity
+            r = read(j)
+        results.append(WriteVerifyResult(status, pulses, int(np.clip(err, -32768, 32767))))
+    return results

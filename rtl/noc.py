@@ -24,6 +24,8 @@ from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..topology import mesh_shape
+
 __all__ = ["FlitLayout", "KIND_ACT", "KIND_OUT", "KIND_ACC", "KIND_CFG", "mesh_shape", "Router", "Mesh",
            "TileInterface"]
 
@@ -33,12 +35,6 @@ DIRS = ("local", "north", "east", "south", "west")
 
 def FlitLayout(nodes: int) -> data.StructLayout:
     return data.StructLayout({"dest": nodes, "kind": 2, "index": 16, "value": 32})
-
-
-def mesh_shape(nodes: int) -> tuple[int, int]:
-    """(width, height) of the squarest mesh with at least ``nodes`` routers."""
-    width = math.ceil(math.sqrt(nodes))
-    return width, math.ceil(nodes / width)
 
 
 def route_masks(node: int, nodes: int, width: int) -> dict[str, int]:

@@ -1,0 +1,289 @@
+"""``cimstack.compile(model, config) -> Deployment``: a model mapped and placed on a chip, ready
+to be programmed and run on any backend.
+
+    dep = cimstack.compile(model, cfg, example=x_train[:256])
+    print(dep.placement.report())
+    report = dep.program(GoldenBackend(cfg))        # write-verify every placed cell
+    logits = dep.run(x_test)                        # on the backend last programmed
+
+The runtime evaluates the CIM IR on the host; every analog op goes to the arrays it was
+placed on (inputs quantised to the layer's input scale, one VMM per pass, partial sums and
+copies combined and dequantised digitally, then the bias); digital ops run in float64 on the
+host. Identical VMM results give identical outputs, so golden and device agree bit for bit.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .backends import Backend, CellJobs
+from .compiler import Graph, import_model
+from .config import ChipConfig
+from .errors import CompileError, ConfigError, InputRangeError, ProgrammingError
+from .mapper import MappedLayer, calibrate, map_layer
+from .mapping import weights_to_codes
+from .placer import Placement, place
+from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+
+__all__ = ["compile", "Deployment", "LayerProgramStats", "ProgramReport"]
+
+
+@dataclass
+class LayerProgramStats:
+    """Write-verify outcome of one layer's cells."""
+
+    layer: str
+    cells: int
+    pulses: int
+    max_pulses: int
+    converged: int
+    failed: int
+    stuck: int
+    rms_error: float          # final verify error, state LSBs (RMS over the cells)
+    seconds: float
+
+    @property
+    def pulses_per_cell(self) -> float:
+        return self.pulses / max(self.cells, 1)
+
+
+@dataclass
+class ProgramReport:
+    backend: str
+    layers: list[LayerProgramStats] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def cells(self) -> int:
+        return sum(s.cells for s in self.layers)
+
+    @property
+    def failed_cells(self) -> int:
+        return sum(s.failed + s.stuck for s in self.layers)
+
+    def table(self) -> str:
+        lines = [f"write-verify on {self.backend}: {self.cells} cells in {self.seconds:.2f} s",
+                 f"  {'layer':<16s} {'cells':>7s} {'pulses':>8s} {'/cell':>6s} {'max':>4s} {'conv.':>7s} "
+                 f"{'failed':>6s} {'stuck':>6s} {'rms err':>8s}"]
+        for s in self.layers:
+            lines.append(f"  {s.layer:<16s} {s.cells:>7d} {s.pulses:>8d} {s.pulses_per_cell:>6.2f} {s.max_pulses:>4d} "
+                         f"{s.converged:>7d} {s.failed:>6d} {s.stuck:>6d} {s.rms_error:>8.2f}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "seconds": self.seconds, "cells": self.cells,
+                "layers": [dict(s.__dict__, pulses_per_cell=s.pulses_per_cell) for s in self.layers]}
+
+
+class Deployment:
+    """A compiled model: the IR, its mapped layers and their placement on one chip config."""
+
+    def __init__(self, cfg: ChipConfig, graph: Graph, layers: list[MappedLayer], placement: Placement,
+                 seed: int):
+        self.cfg, self.graph, self.layers, self.placement, self.seed = cfg, graph, layers, placement, seed
+        self.by_name = {layer.name: layer for layer in layers}
+        self.tile_registers = {t: {"adc_gain": cfg.adc.gain, "adc_offset": cfg.adc.offset}
+                               for t in placement.tiles_used}
+        self.backend: Backend | None = None
+
+    # -- what goes on each tile ----------------------------------------------------------------
+    def tile_weights(self, tile: int) -> np.ndarray:
+        """The integer weight matrix (rows, cols) of a tile: every block placed on it, 0 elsewhere."""
+        a = self.cfg.array
+        w = np.zeros((a.rows, a.cols), dtype=np.int64)
+        for layer in self.layers:
+            for b in layer.blocks:
+                if b.tile == tile:
+                    w[b.row:b.row + b.rows, b.col:b.col + b.cols] = b.weights
+        return w
+
+    def cell_jobs(self, tile: int, layer: MappedLayer, tol: int | None = None) -> CellJobs:
+        """Write-verify targets of every cell under ``layer``'s blocks on ``tile``.
+
+        A cell of code ``k`` aims at the centre of its code bin, ``k * 2**frac + 2**(frac-1)``,
+        within ``tol`` (default ``2**(frac-1) - 1``): every state in the window reads code
+        ``k``, and the physics emulator, whose conductance is the continuous state, sees the
+        same half-level offset on both cells of a pair (it cancels).
+        """
+        dp, frac = self.cfg.datapath, self.cfg.cell.frac_bits
+        pos, neg = weights_to_codes(self.tile_weights(tile), self.cfg)
+        codes = np.stack([pos, neg], axis=-1)[..., :dp.cells_per_unit]          # (rows, units, cells)
+        half = (1 << (frac - 1)) if frac else 0
+        tol = max(half - 1, 0) if tol is None else tol
+        if not 0 <= tol <= 255:
+            raise ConfigError(f"write-verify tolerance {tol} outside 0..255 state LSBs")
+        rows, units, cells = [], [], []
+        for b in layer.blocks:
+            if b.tile != tile:
+                continue
+            r, u, c = np.meshgrid(np.arange(b.row, b.row + b.rows),
+                                  np.arange(b.col * dp.slices, (b.col + b.cols) * dp.slices),
+                                  np.arange(dp.cells_per_unit), indexing="ij")
+            rows.append(r.ravel()), units.append(u.ravel()), cells.append(c.ravel())
+        if not rows:
+            return CellJobs([], [], [], [], [])
+        r, u, c = (np.concatenate(v) for v in (rows, units, cells))
+        target = (codes[r, u, c] << frac) + half
+        return CellJobs(r, u, c, target, np.full_like(target, tol))
+
+    # -- programming ---------------------------------------------------------------------------
+    def program(self, backend: Backend, *, max_pulses: int = 100, amp_start: int = 1, amp_step: int = 1,
+                amp_max: int | None = None, tol: int | None = None, strict: bool = False,
+                progress: bool = False) -> ProgramReport:
+        """Erase the tiles in use, set their registers and write-verify every placed cell.
+
+        Returns per-layer statistics. Cells that end out of tolerance are reported (failed:
+        out of pulses while moving; stuck: did not move); with ``strict`` they raise
+        :class:`~cimstack.errors.ProgrammingError`. The backend becomes the one :meth:`run` uses.
+        """
+        if backend.cfg != self.cfg:
+            raise ConfigError(f"the backend runs config {backend.cfg.name!r}, the deployment was compiled "
+                              f"for {self.cfg.name!r}")
+        amp_max = self.cfg.device.pulse_max_amplitude if amp_max is None else amp_max
+        t0 = time.perf_counter()
+        tiles = self.placement.tiles_used
+        backend.erase(tiles, self.seed)
+        for t in tiles:
+            backend.configure_tile(t, **self.tile_registers[t])
+        report = ProgramReport(backend.name)
+        work = [(layer, t) for layer in self.layers for t in sorted({b.tile for b in layer.blocks})]
+        bar = _progress(len(work), "write-verify", progress)
+        stats: dict[str, list] = {}
+        for layer, t in work:
+            t1 = time.perf_counter()
+            jobs = self.cell_jobs(t, layer, tol)
+            status, pulses, error = backend.write_verify(t, jobs, max_pulses, amp_start, amp_step, amp_max)
+            stats.setdefault(layer.name, []).append((status, pulses, error, time.perf_counter() - t1))
+            bar.update(1)
+        bar.close()
+        for layer in self.layers:
+            parts = stats[layer.name]
+            status = np.concatenate([p[0] for p in parts])
+            pulses = np.concatenate([p[1] for p in parts])
+            error = np.concatenate([p[2] for p in parts]).astype(np.float64)
+            report.layers.append(LayerProgramStats(
+                layer.name, len(status), int(pulses.sum()), int(pulses.max(initial=0)),
+                int((status == WV_CONVERGED).sum()), int((status == WV_FAILED).sum()), int((status == WV_STUCK).sum()),
+                float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0, sum(p[3] for p in parts)))
+        report.seconds = time.perf_counter() - t0
+        self.backend = backend
+        if strict and report.failed_cells:
+            bad = ", ".join(f"{s.layer}: {s.failed} failed, {s.stuck} stuck" for s in report.layers if s.failed + s.stuck)
+            raise ProgrammingError(f"write-verify left {report.failed_cells} cells out of tolerance ({bad})")
+        return report
+
+    # -- inference -----------------------------------------------------------------------------
+    def run(self, x, backend: Backend | None = None) -> torch.Tensor:
+        """Outputs of the model for the batch ``x`` on ``backend`` (default: the one last
+        programmed), float64."""
+        be = backend or self.backend
+        if be is None:
+            raise ConfigError("the deployment has not been programmed on any backend: call program(backend) first")
+        x = self._check_input(x)
+        with torch.no_grad():
+            return self.graph.evaluate(x, lambda node, x2d: self._vmm(be, node, x2d))
+
+    def reference(self, x) -> torch.Tensor:
+        """The floating-point model (the IR with exact VMMs), float64."""
+        with torch.no_grad():
+            return self.graph.evaluate(self._check_input(x))
+
+    def quantised(self, x) -> torch.Tensor:
+        """The model with quantised weights and inputs but ideal, noise-free, unsaturated
+        VMMs: what the chip would compute with an infinitely fine ADC."""
+        def vmm(node, x2d):
+            layer = self.by_name[node.name]
+            xq = self._quantise_inputs(layer, x2d)
+            w = torch.as_tensor(layer.quantised_matrix(), dtype=torch.float64)
+            return (xq @ w) * layer.x_scale * torch.as_tensor(layer.w_scale)
+        with torch.no_grad():
+            return self.graph.evaluate(self._check_input(x), vmm)
+
+    def _check_input(self, x) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if not x.is_floating_point():
+            x = x.to(torch.float64)
+        if not bool(torch.isfinite(x).all()):
+            raise InputRangeError("model inputs contain NaN or infinity")
+        return x.to(torch.float64)
+
+    def _quantise_inputs(self, layer: MappedLayer, x2d: torch.Tensor) -> torch.Tensor:
+        md = self.cfg.datapath.mode(layer.mode)
+        return torch.clamp(torch.round(x2d / layer.x_scale), md.in_min, md.in_max)
+
+    def _vmm(self, be: Backend, node, x2d: torch.Tensor) -> torch.Tensor:
+        layer = self.by_name[node.name]
+        xq = self._quantise_inputs(layer, x2d).to(torch.int64).numpy()
+        rows = self.cfg.array.rows
+        y = torch.zeros((x2d.shape[0], layer.out_features), dtype=torch.float64)
+        for p in self.placement.passes[layer.name]:
+            xin = np.zeros((len(xq), rows), dtype=np.int64)
+            for b in p.blocks:
+                xin[:, b.row:b.row + b.rows] = xq[:, b.in0:b.in0 + b.rows]
+            out = be.vmm(p.tile, xin, layer.mode)
+            regs = self.tile_registers[p.tile]
+            scale = (1 << self.cfg.adc.gain_shift) / regs["adc_gain"]       # 1 / adc_scale
+            for b in p.blocks:
+                y[:, b.out0:b.out0 + b.cols] += out[:, b.col:b.col + b.cols] * scale
+        return y * (layer.x_scale / layer.copies) * torch.as_tensor(layer.w_scale)
+
+    def accuracy(self, x, y, backend: Backend | None = None) -> float:
+        """Top-1 accuracy of :meth:`run` against integer labels ``y``."""
+        pred = self.run(x, backend).argmax(dim=-1)
+        return float((pred == torch.as_tensor(y)).double().mean())
+
+    def summary(self) -> str:
+        lines = [f"deployment of {self.graph.name} on {self.cfg.name}: {len(self.layers)} analog layers, "
+                 f"{len(self.graph.nodes) - len(self.layers)} digital ops"]
+        for layer in self.layers:
+            lines.append(f"  {layer.name:<16s} {layer.node.op:<6s} {layer.in_features:>4d} x {layer.out_features:<4d} "
+                         f"{len(layer.blocks):>2d} block(s), input range {layer.x_range:.3g}, "
+                         f"weight error {100 * layer.weight_error():.2f} %")
+        return "\n".join(lines)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", weight_scale: str = "per_column",
+            copies: int | dict[str, int] = 1, percentile: float = 100.0, seed: int | None = None) -> Deployment:
+    """Import, quantise, tile and place ``model`` (a ``torch.nn.Module``, an ONNX model or
+    file, or a CIM IR :class:`Graph`) for the chip ``config``.
+
+    ``example``: a batch of typical inputs, used to calibrate each layer's input range (the
+    ``percentile`` of |input|; 100 = the maximum) and to count VMMs per sample for the cost
+    model. ``copies``: weight copies per layer (an int for all, or {layer: n}).
+    ``strategy``: placement (:data:`cimstack.placer.STRATEGIES`). ``seed``: the chip
+    instance and noise seed used when programming (default ``config.seed``).
+    """
+    if not isinstance(config, ChipConfig):
+        raise ConfigError(f"compile needs a ChipConfig, got {type(config).__name__}")
+    if example is None:
+        raise CompileError("compile needs example inputs (a calibration batch) to set each layer's input range")
+    graph = import_model(model)
+    if not graph.analog_nodes():
+        raise CompileError(f"{graph.name} has no layer that maps onto the arrays (Linear, Conv, LSTM, GRU)")
+    if not 0 < percentile <= 100:
+        raise ConfigError(f"percentile {percentile} outside (0, 100]")
+    example = torch.as_tensor(example).to(torch.float64)
+    try:
+        ranges, calls = calibrate(graph, example, percentile)
+    except (RuntimeError, IndexError) as exc:
+        raise CompileError(f"running {graph.name} on the example inputs of shape {tuple(example.shape)} failed: {exc}") from exc
+    if isinstance(copies, dict):
+        unknown = set(copies) - {n.name for n in graph.analog_nodes()}
+        if unknown:
+            raise ConfigError(f"copies names unknown layer(s) {', '.join(sorted(unknown))}")
+    layers = []
+    for node in graph.analog_nodes():
+        n = copies.get(node.name, 1) if isinstance(copies, dict) else copies
+        layer = map_layer(node, config, ranges.get(node.name, 1.0), weight_scale=weight_scale, copies=n)
+        layer.calls_per_sample = calls.get(node.name, 1.0)
+        layers.append(layer)
+    placement = place(layers, config, strategy)
+    return Deployment(config, graph, layers, placement, config.seed if seed is None else seed)
