@@ -23,6 +23,6 @@ def import_model(model) -> Graph:
         return model
     if isinstance(model, nn.Module):
         return from_torch(model)
-    if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+    if isinstance(model, (str, Path, bytes)) or type(model).__name__ == "ModelProto":
         return from_onnx(model)
     raise CompileError(f"cannot import a {type(model).__name__}: give a torch.nn.Module, an ONNX model or file")

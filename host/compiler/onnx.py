@@ -14,9 +14,12 @@ value of one of three kinds:
   becomes ``batch_first=True``); every other op, and the graph output, need the plain layout.
   This covers what ``torch.onnx.export(..., dynamo=False)`` emits for ``nn.LSTM``/``nn.GRU``
   with ``batch_first=True`` and ``out[:, -1]`` / ``h_n[-1]``;
-* unavailable — a value that cannot be computed (the cell state ``Y_c``, the shape of a
-  tensor with a dynamic size, ...). It carries the error, raised only if something needs it;
-  an ``Expand``/``ConstantOfShape`` of zeros stays known to be zero (a zero RNN initial state).
+* unavailable — a value that cannot be computed (the cell state ``Y_c``, arithmetic on a
+  dynamic size, ...). It carries the error, raised only if something needs it; an
+  ``Expand``/``ConstantOfShape`` of zeros stays known to be zero (a zero RNN initial state).
+
+A dynamic batch size in a folded shape is the marker ``_BATCH``, which ``Reshape`` accepts as
+its first entry: ``x.view(x.size(0), -1)`` imports with and without a fixed batch.
 
 Nodes that nothing reaches from the graph output are dropped, and BatchNormalization
 (``affine``) is folded into the Linear/Conv before it like :func:`.fx.from_torch` does.
@@ -244,7 +247,7 @@ class _Importer:
             raise self.fail(c, f"{c.op} with asymmetric pads={pads}; only the same padding at both ends of each axis")
         return tuple(pads[:dims])
 
-    def view(self, c: _Ctx, t: _Tensor, name: str, axes=None, batch=None, via=None) -> _Tensor:
+    def view(self, t: _Tensor, name: str, axes=None, batch=None, via=None) -> _Tensor:
         return _Tensor(name, t.axes if axes is None else tuple(axes), t.batch if batch is None else batch,
                        t.via if via is None else via)
 
@@ -255,7 +258,7 @@ class _Importer:
         if d is None:                      # a size-1 view axis
             if index not in (0, -1):
                 raise self.fail(c, f"{c.op} of element {index} of a size-1 axis")
-            return self.view(c, t, t.name, axes)
+            return self.view(t, t.name, axes)
         if d == t.batch:
             raise self.fail(c, f"{c.op} along the batch axis {k}")
         out = self.emit(c, "select", [t.name], name, dim=d, index=int(index))
@@ -366,7 +369,7 @@ class _Importer:
             raise self.fail(c, f"{c.op} over an axis that a Transpose moved away from the last IR axis")
         out = self.emit(c, "linear", [x.name], weight=weight, bias=bias)
         self.fusable[c.node.output[0]] = self.nodes[-1]
-        return self.view(c, x, out)
+        return self.view(x, out)
 
     def op_Gemm(self, c: _Ctx):
         if isinstance(c.ins[0], _Tensor) and isinstance(c.ins[1], _Tensor):
@@ -418,7 +421,7 @@ class _Importer:
         dilation = tuple(int(s) for s in c.attrs.get("dilations", [1] * dims))
         out = self.emit(c, "conv", [x.name], weight=w, bias=b, stride=stride, padding=self.pads(c, dims),
                         dilation=dilation)
-        return self.view(c, x, out)
+        return self.view(x, out)
 
     def rnn(self, c: _Ctx, lstm: bool):
         gates = 4 if lstm else 3
@@ -485,7 +488,7 @@ class _Importer:
     # -- digital ops ------------------------------------------------------------------------
     def unary(self, c: _Ctx, op: str, **attrs) -> _Tensor:
         x = self.tensor(c, 0)
-        return self.view(c, x, self.emit(c, op, [x.name], **attrs))
+        return self.view(x, self.emit(c, op, [x.name], **attrs))
 
     def op_Relu(self, c):
         return self.unary(c, "relu")
@@ -537,7 +540,7 @@ class _Importer:
                 p = self.producer.get(names[1 - k])
                 if p is not None and p.op_type == "Sigmoid" and p.input[0] == names[k]:
                     x = self.tensor(c, k)
-                    return self.view(c, x, self.emit(c, "silu", [x.name]))
+                    return self.view(x, self.emit(c, "silu", [x.name]))
         raise self.fail(c, "Mul; only x * Sigmoid(x) (SiLU) is supported")
 
     def softmax(self, c: _Ctx, op: str) -> _Tensor:
@@ -549,7 +552,7 @@ class _Importer:
         d = x.axes[axis]
         if d is None or d == x.batch:
             raise self.fail(c, f"{c.op} over axis {axis}, the batch or a size-1 axis")
-        return self.view(c, x, self.emit(c, op, [x.name], dim=d))
+        return self.view(x, self.emit(c, op, [x.name], dim=d))
 
     def op_Softmax(self, c):
         return self.softmax(c, "softmax")
@@ -572,7 +575,7 @@ class _Importer:
         if op == "avgpool" and any(pads) and not c.attrs.get("count_include_pad", 0):
             raise self.fail(c, "AveragePool with pads and count_include_pad=0; the chip's average pooling counts "
                                "the zero padding (count_include_pad=1)")
-        return self.view(c, x, self.emit(c, op, [x.name], kernel=kernel, stride=stride, padding=pads))
+        return self.view(x, self.emit(c, op, [x.name], kernel=kernel, stride=stride, padding=pads))
 
     def op_MaxPool(self, c):
         return self.pool(c, "maxpool")
@@ -582,7 +585,7 @@ class _Importer:
 
     def op_GlobalAveragePool(self, c):
         x = self.plain(c, 0)
-        return self.view(c, x, self.emit(c, "global_avgpool", [x.name]))
+        return self.view(x, self.emit(c, "global_avgpool", [x.name]))
 
     def op_BatchNormalization(self, c):
         x = self.plain(c, 0)
@@ -591,7 +594,7 @@ class _Importer:
         if c.attrs.get("training_mode", 0) or (self.opset < 9 and c.attrs.get("spatial", 1) != 1):
             raise self.fail(c, "BatchNormalization in training mode or with spatial=0")
         inv = gamma / np.sqrt(var + float(c.attrs.get("epsilon", 1e-5)))
-        return self.view(c, x, self.emit(c, "affine", [x.name], scale=inv, shift=beta - mean * inv))
+        return self.view(x, self.emit(c, "affine", [x.name], scale=inv, shift=beta - mean * inv))
 
     def op_Flatten(self, c):
         x = self.plain(c, 0)
@@ -658,7 +661,7 @@ class _Importer:
         d = xs[0].axes[axis]
         if d is None or d == xs[0].batch:
             raise self.fail(c, f"Concat along axis {axis}, the batch or an added size-1 axis")
-        return self.view(c, xs[0], self.emit(c, "cat", [x.name for x in xs], dim=d))
+        return self.view(xs[0], self.emit(c, "cat", [x.name for x in xs], dim=d))
 
     def op_Gather(self, c):
         x = self.tensor(c, 0, "data")
@@ -668,7 +671,7 @@ class _Importer:
         k = _norm_axis(c.attrs.get("axis", 0), x.rank)
         t = self.select(c, x, k, int(idx.reshape(())))
         if idx.ndim == 1:                  # the axis stays, with size 1
-            t = self.view(c, t, t.name, t.axes[:k] + (None,) + t.axes[k:])
+            t = self.view(t, t.name, t.axes[:k] + (None,) + t.axes[k:])
         return t
 
     def op_Squeeze(self, c):
@@ -692,12 +695,12 @@ class _Importer:
         view = list(x.axes)
         for k in sorted(_norm_axis(a, rank) for a in axes):
             view.insert(k, None)
-        return self.view(c, x, x.name, view, via=f"the Unsqueeze node {c.label!r}")
+        return self.view(x, x.name, view, via=f"the Unsqueeze node {c.label!r}")
 
     def op_Transpose(self, c):
         x = self.tensor(c, 0)
         perm = c.attrs.get("perm", list(range(x.rank))[::-1])
-        return self.view(c, x, x.name, [x.axes[p] for p in perm], via=f"the Transpose node {c.label!r}")
+        return self.view(x, x.name, [x.axes[p] for p in perm], via=f"the Transpose node {c.label!r}")
 
     def op_ReduceMean(self, c):
         x = self.tensor(c, 0)
@@ -713,10 +716,10 @@ class _Importer:
             raise self.fail(c, "ReduceMean over the batch axis")
         name = self.emit(c, "mean", [x.name], dims=tuple(dims), keepdim=keep) if dims else x.name
         if keep:
-            return self.view(c, x, name)
+            return self.view(x, name)
         view = tuple(a - sum(d < a for d in dims) if a is not None else None
                      for k, a in enumerate(x.axes) if k not in ks)
-        return self.view(c, x, name, view, batch=x.batch - sum(d < x.batch for d in dims))
+        return self.view(x, name, view, batch=x.batch - sum(d < x.batch for d in dims))
 
 
 # -- constant folding of shape arithmetic --------------------------------------------------------
@@ -812,7 +815,7 @@ _FOLD = {
     "Squeeze": _fold_squeeze,
     "Concat": lambda imp, c, *xs: np.concatenate([np.atleast_1d(x) for x in xs], axis=c.attrs["axis"]),
     "Reshape": _fold_reshape,
-    "Expand": lambda imp, c, x, s: np.broadcast_to(x, np.broadcast_shapes(np.shape(x), tuple(int(v) for v in s))).copy(),
+    "Expand": lambda imp, c, x, s: np.broadcast_to(x, np.broadcast_shapes(np.shape(x), tuple(map(int, s)))).copy(),
     "ConstantOfShape": _fold_constant_of_shape,
     "Transpose": lambda imp, c, x: np.transpose(x, c.attrs.get("perm")),
     "Slice": _fold_slice,
