@@ -22,6 +22,8 @@ and the seed, the same for every backend), and restarts the noise generators.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -32,7 +34,8 @@ from .physics import TileEmulator
 from .physics.devices import DeviceModel, seed_for
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
 
-__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "fabricate", "backend"]
+__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "fabricate", "backend",
+           "adc_tie_bias"]
 
 _STREAM_FAB, _STREAM_VERIFY = 3, 4
 _CHUNK = 4096          # VMM rows per call of a model (bounds the memory of the per-pulse sums)
@@ -44,6 +47,20 @@ def fabricate(cfg: ChipConfig, seed: int, tile: int) -> np.ndarray:
     gen = torch.Generator().manual_seed(seed_for(seed, tile, _STREAM_FAB))
     shape = (cfg.array.rows, dp.units, dp.cells_per_unit)
     return DeviceModel(cfg).sample_stuck(shape, gen).numpy()
+
+
+def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:
+    """Mean error, in ADC LSBs, of one conversion of an integer column sum.
+
+    The ADC rounds ``sum * gain / 2**gain_shift`` half up. With integer sums the fractional
+    part takes ``m = 2**gain_shift / gcd(gain, 2**gain_shift)`` values; when they are equally
+    likely, rounding half up is off by ``+1/(2m)`` on average (ties always go up), and 0
+    when ``m == 1``. Summed over every pulse and slice of a VMM this is a per-column offset
+    worth correcting: 1084 output LSBs on the default chip (gain 1/2, 8 pulses, 2 slices).
+    """
+    full = 1 << cfg.adc.gain_shift
+    m = full // math.gcd(int(gain), full)
+    return 0.0 if m == 1 else 1.0 / (2 * m)
 
 
 class CellJobs:
@@ -77,8 +94,9 @@ class Backend:
         """Tiles to their as-fabricated state; every noise generator restarted from ``seed``."""
         raise NotImplementedError
 
-    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int) -> None:
-        """ADC registers of a tile; post-processing neutral (bias 0, scale 1, no ReLU)."""
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
+        """ADC registers of a tile; post-processing bias 0, scale ``post_scale`` on every
+        column, no ReLU."""
         raise NotImplementedError
 
     def write_verify(self, tile: int, jobs: CellJobs, max_pulses: int, amp_start: int, amp_step: int,
@@ -90,6 +108,11 @@ class Backend:
         """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
         raise NotImplementedError
 
+    def rounding_bias(self, adc_gain: int) -> float:
+        """Mean ADC rounding error per conversion (ADC LSBs) that the runtime subtracts:
+        the integer datapath's tie bias (:func:`adc_tie_bias`)."""
+        return adc_tie_bias(self.cfg, adc_gain)
+
     def close(self) -> None:
         pass
 
@@ -99,6 +122,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg.name})"
+
+
+def _neutral_post(cfg: ChipConfig, post_scale: int) -> tuple[np.ndarray, np.ndarray]:
+    cols = cfg.array.cols
+    return np.zeros(cols, dtype=np.int64), np.full(cols, int(post_scale), dtype=np.int64)
 
 
 def _results(results) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,11 +150,11 @@ class GoldenBackend(Backend):
             g.set_state(np.zeros_like(g.state), fabricate(self.cfg, seed, t))
         self.soc.reseed(seed)
 
-    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         self._check_tile(tile)
         g = self.soc.tiles[tile]
         g.adc_gain, g.adc_offset, g.relu = int(adc_gain), int(adc_offset), False
-        g.set_post(np.zeros(self.cfg.array.cols, dtype=np.int64), np.ones(self.cfg.array.cols, dtype=np.int64))
+        g.set_post(*_neutral_post(self.cfg, post_scale))
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))
@@ -171,12 +199,17 @@ class EmulatorBackend(Backend):
                 emu.ref_state = torch.full_like(emu.ref_state, dp.ref_code * emu.frac_scale + (1 << (frac - 1)))
         self.verify_gen.manual_seed(seed_for(seed, 0, _STREAM_VERIFY))
 
-    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+    def rounding_bias(self, adc_gain: int) -> float:
+        """The datapath twin has integer sums and rounds like the chip; physical column sums
+        are continuous, so their rounding is unbiased."""
+        return adc_tie_bias(self.cfg, adc_gain) if self.mode == "datapath" else 0.0
+
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         self._check_tile(tile)
         emu = self.tiles[tile]
         emu.adc.set_registers(gain=int(adc_gain), offset=int(adc_offset))
         emu.relu = False
-        emu.set_post(np.zeros(self.cfg.array.cols, dtype=np.int64), np.ones(self.cfg.array.cols, dtype=np.int64))
+        emu.set_post(*_neutral_post(self.cfg, post_scale))
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         """The ISPP loop of :func:`cimstack.golden.ispp`, on all cells in parallel."""
@@ -271,10 +304,9 @@ class DeviceBackend(Backend):
             self.dev.load_tile(t, g)
         self.dev.reseed(seed)
 
-    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int) -> None:
-        cols = self.cfg.array.cols
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         self.dev.set_tile_regs(tile, adc_gain, adc_offset, False)
-        self.dev.set_post(tile, np.zeros(cols, dtype=np.int64), np.ones(cols, dtype=np.int64))
+        self.dev.set_post(tile, *_neutral_post(self.cfg, post_scale))
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         job_list = jobs.jobs(self.cfg)

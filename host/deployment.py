@@ -24,7 +24,7 @@ from .compiler import Graph, import_model
 from .config import ChipConfig
 from .errors import CompileError, ConfigError, InputRangeError, ProgrammingError
 from .mapper import MappedLayer, calibrate, map_layer
-from .mapping import weights_to_codes
+from .mapping import pulse_weights, slice_weights, weights_to_codes
 from .placer import Placement, place
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
 
@@ -85,7 +85,10 @@ class Deployment:
                  seed: int):
         self.cfg, self.graph, self.layers, self.placement, self.seed = cfg, graph, layers, placement, seed
         self.by_name = {layer.name: layer for layer in layers}
-        self.tile_registers = {t: {"adc_gain": cfg.adc.gain, "adc_offset": cfg.adc.offset}
+        # post-processing passes the column sums through: scale 2**shift undoes the fixed
+        # shift where the scale register is wide enough (else the shift's loss is dequantised)
+        post_scale = min(1 << cfg.post.shift, (1 << cfg.post.scale_bits) - 1)
+        self.tile_registers = {t: {"adc_gain": cfg.adc.gain, "adc_offset": cfg.adc.offset, "post_scale": post_scale}
                                for t in placement.tiles_used}
         self.backend: Backend | None = None
 
@@ -218,14 +221,19 @@ class Deployment:
         layer = self.by_name[node.name]
         xq = self._quantise_inputs(layer, x2d).to(torch.int64).numpy()
         rows = self.cfg.array.rows
+        conversions = float(pulse_weights(self.cfg, layer.mode).sum() * slice_weights(self.cfg).sum())
         y = torch.zeros((x2d.shape[0], layer.out_features), dtype=torch.float64)
         for p in self.placement.passes[layer.name]:
             xin = np.zeros((len(xq), rows), dtype=np.int64)
             for b in p.blocks:
                 xin[:, b.row:b.row + b.rows] = xq[:, b.in0:b.in0 + b.rows]
-            out = be.vmm(p.tile, xin, layer.mode)
             regs = self.tile_registers[p.tile]
-            scale = (1 << self.cfg.adc.gain_shift) / regs["adc_gain"]       # 1 / adc_scale
+            post = regs["post_scale"] / (1 << self.cfg.post.shift)
+            # every conversion's mean rounding error, through the shift-add and post scale
+            offset = be.rounding_bias(regs["adc_gain"]) * conversions * post
+            out = be.vmm(p.tile, xin, layer.mode) - offset
+            # output units back to column-sum units: undo the ADC gain and the post scale/shift
+            scale = ((1 << self.cfg.adc.gain_shift) / regs["adc_gain"]) / post
             for b in p.blocks:
                 y[:, b.out0:b.out0 + b.cols] += out[:, b.col:b.col + b.cols] * scale
         return y * (layer.x_scale / layer.copies) * torch.as_tensor(layer.w_scale)

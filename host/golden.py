@@ -179,12 +179,11 @@ class GoldenTile:
         n_batch = xb.shape[0]
         # Draw the lane noise in the RTL's order: VMM, group, pulse.
         steps = n_batch * groups * pulses
-        z = np.empty((steps, lanes), dtype=np.int64)
-        rng = self.lane_rng
-        for k in range(steps):
-            rng = prng.xorshift32(rng)
-            z[k] = prng.gauss_from_state(rng)
-        self.lane_rng = rng
+        if steps == 0:
+            return np.zeros((0, cfg.array.cols), dtype=np.int64)
+        states = prng.xorshift32_states(self.lane_rng, steps)
+        z = prng.gauss_from_state(states)
+        self.lane_rng = states[-1].copy()
         z = z.reshape(n_batch, groups, pulses, lanes)
         # (P, B, U) -> (B, G, P, L) to line up with the noise draws
         s = sums.reshape(pulses, n_batch, groups, lanes).transpose(1, 2, 0, 3)

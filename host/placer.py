@@ -189,7 +189,10 @@ def _cost(cfg: ChipConfig, layers: list[MappedLayer], passes: dict[str, list[Pas
 
 
 def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[tuple[Block, int, int, int]] | str:
-    """Skyline packing; returns (block, tile, row, col) or the reason it does not fit."""
+    """Skyline packing; returns (block, tile, row, col) or the reason it does not fit.
+
+    Packing goes on past the chip's last array, so that the message can say how many
+    arrays the model needs with this strategy and which layer is the first left out."""
     a = cfg.array
     arrays: list[_Skyline] = []
     out = []
@@ -205,24 +208,19 @@ def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[t
                     spot = (t, pos)
                     break
             if spot is None:
-                if len(arrays) == a.tiles:
-                    return _shortfall(cfg, layers, b, per_layer)
                 arrays.append(_Skyline(a.cols, a.rows))
                 spot = (len(arrays) - 1, arrays[-1].find(b.cols, b.rows))
             t, (x, y) = spot
             arrays[t].add(x, y, b.cols, b.rows)
             out.append((b, t, y, x))
-    return out
-
-
-def _shortfall(cfg: ChipConfig, layers: list[MappedLayer], block: Block, per_layer: bool) -> str:
-    a = cfg.array
-    need = sum(b.rows * b.cols for layer in layers for b in layer.blocks)
-    lower = -(-need // (a.rows * a.cols))
+    if len(arrays) <= a.tiles:
+        return out
+    order = [layer.name for layer in layers]
+    first = min((b for b, t, _, _ in out if t >= a.tiles), key=lambda b: order.index(b.layer))
     how = "one layer per array" if per_layer else "skyline packing"
-    return (f"layer {block.layer!r} does not fit: block {block.index} ({block.rows}x{block.cols}) finds no room "
-            f"with {how}; the model holds {need} weights, at least {lower} arrays of {a.rows}x{a.cols} "
-            f"(the chip has {a.tiles}, {max(lower - a.tiles, 1)} or more short)")
+    return (f"the model does not fit: with {how} it needs {len(arrays)} arrays of {a.rows}x{a.cols}, the chip "
+            f"has {a.tiles} ({len(arrays) - a.tiles} short); layer {first.layer!r} is the first left without "
+            f"room (block {first.index}, {first.rows}x{first.cols})")
 
 
 def place(layers: list[MappedLayer], cfg: ChipConfig, strategy: str = "auto") -> Placement:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["seed_state", "xorshift32", "gauss_from_state", "round_shift", "noise",
+__all__ = ["seed_state", "xorshift32", "xorshift32_states", "gauss_from_state", "round_shift", "noise",
            "read_lane_stream", "update_stream"]
 
 MASK32 = 0xFFFF_FFFF
@@ -49,6 +49,43 @@ def xorshift32(x: np.ndarray) -> np.ndarray:
     x ^= x >> np.uint32(17)
     x ^= x << np.uint32(5)
     return x
+
+
+_JUMP_BLOCK = 512
+_jump_tables: np.ndarray | None = None
+
+
+def _jump() -> np.ndarray:
+    """Byte tables of xorshift32's powers: ``T[k-1, j, v]`` is ``k`` steps applied to the
+    state ``v << 8j`` (k = 1 .. _JUMP_BLOCK). xorshift32 is linear over GF(2), so ``k`` steps
+    of any state are the XOR of the tables of its four bytes."""
+    global _jump_tables
+    if _jump_tables is None:
+        cols = np.array([1 << i for i in range(32)], dtype=np.uint32)        # images of the unit states
+        bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # (256, 8)
+        tables = np.empty((_JUMP_BLOCK, 4, 256), dtype=np.uint32)
+        for k in range(_JUMP_BLOCK):
+            cols = xorshift32(cols)
+            for j in range(4):
+                picked = np.where(bits, cols[8 * j:8 * j + 8][None, :], np.uint32(0))
+                tables[k, j] = np.bitwise_xor.reduce(picked, axis=1)
+        _jump_tables = tables
+    return _jump_tables
+
+
+def xorshift32_states(x: np.ndarray, n: int) -> np.ndarray:
+    """The next ``n`` states of every generator in ``x`` (uint32, shape (lanes,)): shape
+    (n, lanes), equal to ``n`` calls of :func:`xorshift32` but computed a block at a time."""
+    x = np.asarray(x, dtype=np.uint32).reshape(-1)
+    tables = _jump()
+    out = np.empty((n, len(x)), dtype=np.uint32)
+    for start in range(0, n, _JUMP_BLOCK):
+        m = min(_JUMP_BLOCK, n - start)
+        t = tables[:m]
+        out[start:start + m] = (t[:, 0, x & 0xFF] ^ t[:, 1, (x >> 8) & 0xFF]
+                                ^ t[:, 2, (x >> 16) & 0xFF] ^ t[:, 3, x >> 24])
+        x = out[start + m - 1]
+    return out
 
 
 def gauss_from_state(x: np.ndarray) -> np.ndarray:

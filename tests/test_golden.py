@@ -46,6 +46,16 @@ def test_prng_matches_the_documented_recurrence():
     assert prng.seed_state(0, 2**32 - 1 - 0) != 0          # zero state is replaced
 
 
+@pytest.mark.parametrize("n", [1, 511, 512, 513, 1500])
+def test_block_jumped_prng_equals_stepping(n):
+    x0 = np.array([prng.seed_state(9, i) for i in range(5)], dtype=np.uint32)
+    states = prng.xorshift32_states(x0, n)
+    x = x0
+    for k in range(n):
+        x = prng.xorshift32(x)
+        np.testing.assert_array_equal(states[k], x)
+
+
 def test_irwin_hall_gaussian_statistics():
     """1e5 draws: mean 0 and sigma 147.80 within 4 standard errors."""
     x = np.array([prng.seed_state(7, l) for l in range(100)], dtype=np.uint32)
