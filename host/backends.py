@@ -116,6 +116,12 @@ class Backend:
     def close(self) -> None:
         pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _check_tile(self, tile: int) -> None:
         if not 0 <= tile < self.cfg.array.tiles:
             raise InputRangeError(f"tile {tile} outside 0..{self.cfg.array.tiles - 1}")

@@ -1,4 +1,4 @@
-"""``make demo``: one random tile, the same VMMs on three models of the chip.
+"""``python -m cimstack.demo_tile``: one random tile, the same VMMs on three models of the chip.
 
 Programs a random weight matrix into a tile of the chosen config, runs identical input
 vectors through the physics emulator (PyTorch), the golden model (NumPy, bit-exact) and the
@@ -26,7 +26,7 @@ def rel_rms(estimate: np.ndarray, ideal: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cimstack.demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m cimstack.demo_tile", description=__doc__)
     ap.add_argument("--preset", default="default", help="preset name or TOML file (default: default)")
     ap.add_argument("--vmms", type=int, default=50, help="number of input vectors (default 50)")
     ap.add_argument("--seed", type=int, default=2026, help="seed of weights and inputs")

@@ -1,8 +1,13 @@
 """Helpers shared by the RTL test modules (import them with ``from conftest import ...``)."""
 import numpy as np
+import torch
 
 from cimstack.config import ChipConfig, preset
 from cimstack.golden import STUCK_AT_0, STUCK_AT_MAX, GoldenTile
+
+# One torch thread: the models here are tiny, and two threads fighting the Verilator builds
+# and simulation servers for two cores run 10-40x slower (and results depend on the count).
+torch.set_num_threads(1)
 
 # The SoC configuration the cocotb SoC benches and the simulation-server tests build:
 # two 32x16 tiles, 6-bit bit-serial inputs, 6-bit differential weights in two 3-bit slices,

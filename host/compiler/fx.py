@@ -31,6 +31,9 @@ _SUPPORTED = ("Linear, Conv1d, Conv2d (groups=1), BatchNorm1d/2d, ReLU, ReLU6, S
               "mean, indexing with one integer")
 
 
+_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM, nn.GRU)
+
+
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().to(torch.float64).numpy().copy()
 
@@ -339,7 +342,10 @@ def from_torch(model: nn.Module) -> Graph:
         raise CompileError(f"expected a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
     model.eval()
+    root = model
+    if isinstance(model, _LEAVES):           # a bare layer: trace it as the only child
+        root = nn.Sequential(model)
     try:
-        return _Importer(model).run()
+        return _Importer(root).run()
     finally:
         model.train(was_training)
