@@ -18,7 +18,6 @@ Ordering: flits from one source to one destination arrive in the order they were
 fixed path, FIFO inputs, per-input order kept by every output); flits from different sources
 interleave arbitrarily.
 """
-import math
 
 from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring

@@ -145,7 +145,6 @@ def test_golden_programming_reads_back_the_mapped_codes(trained):
     assert report.cells == (64 * 32 + 32 * 10) * CFG.datapath.slices * 2
     assert all(s.converged == s.cells and 0 < s.pulses_per_cell < 10 for s in report.layers)
     tile = be.soc.tiles[0]
-    want = dep.tile_weights(0)
     got = tile.effective_weights().reshape(64, 64, CFG.datapath.slices) @ (1 << (4 * np.arange(CFG.datapath.slices)))
     for layer in dep.layers:
         for b in layer.blocks:
