@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PRESET ?= default
 
-.PHONY: demo test sim gen bench clean distclean
+.PHONY: demo demo-tile test sim gen bench clean distclean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +13,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-## demo: program a random 64x64 tile; compare emulator, golden model and Verilator RTL
+## demo: train the digits MLP, compile and place it, program it with write-verify on the
+## simulated SoC and run the test split there (accuracy against software, bit-exact check)
 demo: $(STAMP)
 	$(PY) -m cimstack.demo --preset $(PRESET)
+
+## demo-tile: one random tile on the emulator, the golden model and the Verilated RTL
+demo-tile: $(STAMP)
+	$(PY) -m cimstack.demo_tile --preset $(PRESET)
 
 ## test: the whole suite (unit, statistical and cocotb/Verilator benches)
 test: $(STAMP)
@@ -29,9 +34,10 @@ sim: $(STAMP)
 gen: $(STAMP)
 	$(PY) -m cimstack.gen --preset $(PRESET)
 
-## bench: SoC benchmarks over the simulation server (JSON under build/bench/)
+## bench: SoC and model benchmarks over the simulation server (JSON under build/bench/)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
+	$(PY) benchmarks/bench_models.py --preset $(PRESET)
 
 clean:
 	rm -rf build .pytest_cache
