@@ -39,13 +39,14 @@ class DigitsMLP(nn.Module):
 class DigitsCNN(nn.Module):
     """Two 3x3 conv/BN/ReLU stages with a max-pool between, global average pool, linear head."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, int] = (8, 16)) -> None:
         super().__init__()
+        c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(16, 10)
+        self.fc = nn.Linear(c2, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))

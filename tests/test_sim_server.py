@@ -332,3 +332,31 @@ def test_host_driven_write_verify_equals_the_on_chip_controller(server):
     assert [(s.cells, s.pulses, s.converged, s.rms_error) for s in host_report.layers] == \
            [(s.cells, s.pulses, s.converged, s.rms_error) for s in gold_report.layers]
     assert torch.equal(y_host, dep.run(x))
+
+
+# narrow variants of the reference models that fit the 2 x (32x16) test chip
+_SMALL = {"cnn": dict(channels=(4, 8)), "gru": dict(hidden=8), "lstm": dict(hidden=8), "resnet": dict(width=4)}
+_SAMPLES = {"cnn": 24, "gru": 48, "lstm": 48, "resnet": 8}
+
+
+@pytest.mark.parametrize("name", list(_SMALL))
+def test_every_model_runs_on_the_chip_bit_for_bit_with_golden(server, name):
+    """Conv (im2col), recurrent (one VMM per step) and residual models through the socket."""
+    import torch
+    import cimstack
+    from cimstack import datasets, models
+    from cimstack.backends import DeviceBackend, GoldenBackend
+    cls, shape = models.MODELS[name]
+    split = datasets.digits(shape)
+    torch.manual_seed(0)
+    model = cls(**_SMALL[name])
+    models.train(model, split, epochs=3, lr=2e-2)
+    cfg = soc_test_config()
+    dep = cimstack.compile(model, cfg, example=split.x_train[:128])
+    x = split.x_test[:_SAMPLES[name]]
+    dep.program(GoldenBackend(cfg))
+    y_gold = dep.run(x)
+    with DeviceBackend(server.url, cfg) as chip:
+        dep.program(chip)
+        y_chip = dep.run(x)
+    assert torch.equal(y_chip, y_gold)
