@@ -15,7 +15,8 @@ Strategies
 
 Packed blocks share an array without interfering: a VMM drives only the rows of the blocks
 it runs (the other rows get input 0, which contributes nothing) and reads only their columns.
-Blocks of one layer that share no row and no column of an array run in one VMM ("pass").
+Blocks of one layer that share no column of an array, and either share no row or read the
+same inputs on the same rows, run in one VMM ("pass").
 
 Cost model (per inference sample; lower is better)
     ``arrays`` used, ``cycles`` = VMM passes x rows each pass processes x cycles of one
@@ -160,14 +161,21 @@ class Placement:
         return "\n".join("".join(row) for row in grid) + f"\n({legend})"
 
 
+def _compatible(b: Block, o: Block) -> bool:
+    """Two blocks of a layer on one array can run in one VMM when they share no column and
+    either share no row or read the same inputs on the same rows (a column split)."""
+    cols_apart = b.col + b.cols <= o.col or o.col + o.cols <= b.col
+    rows_apart = b.row + b.rows <= o.row or o.row + o.rows <= b.row
+    same_inputs = (b.row, b.in0, b.rows) == (o.row, o.in0, o.rows)
+    return cols_apart and (rows_apart or same_inputs)
+
+
 def _passes(layer: MappedLayer) -> list[Pass]:
-    """Group a layer's blocks per tile into VMMs whose blocks share no row and no column."""
+    """Group a layer's blocks per tile into VMMs (:func:`_compatible` blocks)."""
     out: list[Pass] = []
     for b in layer.blocks:
         for p in out:
-            if p.tile == b.tile and all(
-                    (b.row + b.rows <= o.row or o.row + o.rows <= b.row)
-                    and (b.col + b.cols <= o.col or o.col + o.cols <= b.col) for o in p.blocks):
+            if p.tile == b.tile and all(_compatible(b, o) for o in p.blocks):
                 p.blocks.append(b)
                 break
         else:
