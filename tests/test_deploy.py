@@ -214,7 +214,7 @@ FLOORS = {"mlp": 0.93, "cnn": 0.88, "gru": 0.85, "lstm": 0.85, "resnet": 0.72}
 def test_models_on_emulator_and_golden(trained, name):
     model, split, stats = trained(name)
     dep = cimstack.compile(model, CFG, example=split.x_train[:256])
-    fp = dep.accuracy and float((dep.reference(split.x_test).argmax(1) == split.y_test).double().mean())
+    fp = float((dep.reference(split.x_test).argmax(1) == split.y_test).double().mean())
     assert fp == pytest.approx(stats["test_accuracy"], abs=1e-6)          # the IR is the model
     dep.program(EmulatorBackend(CFG))
     emu = dep.accuracy(split.x_test, split.y_test)
