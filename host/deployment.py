@@ -82,8 +82,9 @@ class Deployment:
     """A compiled model: the IR, its mapped layers and their placement on one chip config."""
 
     def __init__(self, cfg: ChipConfig, graph: Graph, layers: list[MappedLayer], placement: Placement,
-                 seed: int):
+                 seed: int, input_shape: tuple[int, ...]):
         self.cfg, self.graph, self.layers, self.placement, self.seed = cfg, graph, layers, placement, seed
+        self.input_shape = tuple(input_shape)         # one sample, as in the calibration batch
         self.by_name = {layer.name: layer for layer in layers}
         # post-processing passes the column sums through: scale 2**shift undoes the fixed
         # shift where the scale register is wide enough (else the shift's loss is dequantised)
@@ -209,6 +210,9 @@ class Deployment:
         x = torch.as_tensor(x)
         if not x.is_floating_point():
             x = x.to(torch.float64)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputRangeError(f"inputs of shape {tuple(x.shape)}: the deployment was compiled for a batch of "
+                                  f"samples of shape {self.input_shape}")
         if not bool(torch.isfinite(x).all()):
             raise InputRangeError("model inputs contain NaN or infinity")
         return x.to(torch.float64)
@@ -294,4 +298,4 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
         layer.calls_per_sample = calls.get(node.name, 1.0)
         layers.append(layer)
     placement = place(layers, config, strategy)
-    return Deployment(config, graph, layers, placement, config.seed if seed is None else seed)
+    return Deployment(config, graph, layers, placement, config.seed if seed is None else seed, example.shape[1:])

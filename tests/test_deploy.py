@@ -269,6 +269,8 @@ def test_bad_use_raises_clear_errors(trained):
     dep.program(GoldenBackend(CFG))
     with pytest.raises(InputRangeError, match="NaN"):
         dep.run(torch.full((2, 64), float("nan")))
+    with pytest.raises(InputRangeError, match="compiled for a batch of samples of shape"):
+        dep.run(torch.rand(2, 8, 8))
 
 
 def test_copies_average_out_read_noise(trained):
