@@ -217,8 +217,9 @@ def test_models_on_emulator_and_golden(trained, name):
     fp = float((dep.reference(split.x_test).argmax(1) == split.y_test).double().mean())
     assert fp == pytest.approx(stats["test_accuracy"], abs=1e-6)          # the IR is the model
     dep.program(EmulatorBackend(CFG))
-    emu = dep.accuracy(split.x_test, split.y_test)
-    assert emu >= FLOORS[name], f"{name}: emulator accuracy {emu:.3f} (FP {fp:.3f})"
+    m = 120 if name in ("cnn", "resnet") else len(split.y_test)      # conv models: a VMM per pixel
+    emu = dep.accuracy(split.x_test[:m], split.y_test[:m])
+    assert emu >= FLOORS[name], f"{name}: emulator accuracy {emu:.3f} on {m} samples (FP {fp:.3f})"
     n = 60                                             # the golden model is exact but slow: a subset
     dep.program(GoldenBackend(CFG))
     gold = dep.accuracy(split.x_test[:n], split.y_test[:n])
