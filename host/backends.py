@@ -30,6 +30,7 @@ import torch
 from .config import ChipConfig
 from .errors import ConfigError, InputRangeError
 from .golden import RESET, SET, GoldenSoC, GoldenTile, WriteVerifyJob, ispp
+from .isa import mode_field
 from .physics import TileEmulator
 from .physics.devices import DeviceModel, seed_for
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
@@ -237,7 +238,8 @@ class EmulatorBackend(Backend):
             return eff
 
         everyone = torch.arange(len(jobs), device=emu.device)
-        first = last_read = read(state, everyone)
+        first = read(state, everyone)
+        last_read = first.clone()
         pulses = torch.zeros(len(jobs), dtype=torch.int64, device=emu.device)
         amp = torch.full((len(jobs),), amp_start, dtype=torch.int64, device=emu.device)
         last_pol = torch.full((len(jobs),), -1, dtype=torch.int64, device=emu.device)
@@ -252,7 +254,6 @@ class EmulatorBackend(Backend):
             state[idx] = emu.devices.pulse(state[idx], pol, a, emu.gens["pulse"], stuck=stuck[idx])
             pulses[idx] += 1
             amp[idx], last_pol[idx] = a, pol
-            last_read = last_read.clone()
             last_read[idx] = read(state[idx], idx)
         err = last_read - target
         ok = err.abs() <= tol
@@ -341,7 +342,7 @@ class DeviceBackend(Backend):
             raise ConfigError(f"soc.act_words = {words} cannot hold one input and one output vector")
         out_base = base + per * rows
         program = [("COPY", dict(src=base, dst=0, n=rows, src_iter=1)),
-                   ("VMM", dict(tile=tile, count=1, src=0, dst=rows, mode=_mode_field(mode))),
+                   ("VMM", dict(tile=tile, count=1, src=0, dst=rows, mode=mode_field(mode))),
                    ("COPY", dict(src=rows, dst=out_base, n=cols, dst_iter=1)),
                    ("LOOP", dict(target=0)), ("HALT", {})]
         out = []
@@ -356,11 +357,6 @@ class DeviceBackend(Backend):
     def close(self) -> None:
         if self._own:
             self.dev.link.close()
-
-
-def _mode_field(mode: str | None) -> int:
-    from .isa import mode_field
-    return mode_field(mode)
 
 
 def backend(name: str, cfg: ChipConfig, **kwargs) -> Backend:

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compiler.ir import Graph, Node
+import torch
+
+from .compiler.ir import Graph, Node, float_vmm
 from .config import ChipConfig
 from .errors import CompileError, ConfigError
 
@@ -145,7 +147,6 @@ def map_layer(node: Node, cfg: ChipConfig, x_range: float, *, weight_scale: str 
 def calibrate(graph: Graph, x, percentile: float = 100.0) -> tuple[dict[str, float], dict[str, float]]:
     """Input magnitude of every analog op over the batch ``x`` (the ``percentile`` of |x|),
     and how many VMM rows each op needs per sample."""
-    import torch
     ranges: dict[str, float] = {}
     calls: dict[str, float] = {}
     batch = x.shape[0]
@@ -154,7 +155,6 @@ def calibrate(graph: Graph, x, percentile: float = 100.0) -> tuple[dict[str, flo
     def record(node: Node, x2d):
         seen.setdefault(node.name, []).append(x2d.detach().abs().reshape(-1))
         calls[node.name] = calls.get(node.name, 0) + x2d.shape[0] / batch
-        from .compiler.ir import float_vmm
         return float_vmm(node, x2d)
 
     with torch.no_grad():

@@ -261,8 +261,7 @@ def place(layers: list[MappedLayer], cfg: ChipConfig, strategy: str = "auto") ->
 
     best = min(results, key=lambda k: (score(results[k][2]), k != "skyline"))
     packed, passes, cost = results[best]
-    for b, t, r, c in packed:
+    for b, t, r, c in packed:                   # the last candidate tried may not be the best
         b.tile, b.row, b.col = t, r, c
-    passes = {layer.name: _passes(layer) for layer in layers}
     cost = dict(cost, score=score(cost))
     return Placement(cfg, best, layers, passes, cost)

@@ -17,13 +17,6 @@ from cimstack.compiler import from_onnx, from_torch
 from cimstack.errors import CompileError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def export(model: nn.Module, x: torch.Tensor, path, **kw) -> onnx.ModelProto:
     model.eval()

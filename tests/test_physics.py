@@ -28,14 +28,6 @@ K = 5.0            # standard errors allowed per statistical comparison
 N = 100_000        # samples per statistical test
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's thread pool only adds contention on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _gen(seed: int) -> torch.Generator:
     g = torch.Generator()

@@ -12,6 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+import cimstack
+from cimstack import datasets, models
+from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
 
 from cimstack.device import Device
 from cimstack.errors import ConfigMismatchError, InputRangeError, LinkError
@@ -280,8 +285,6 @@ def test_fuzzed_link_never_corrupts_state(server):
 @pytest.fixture(scope="module")
 def small_mlp():
     """A digits MLP small enough for the 2 x (32x16) test chip: 64 -> 8 -> 10."""
-    import torch
-    from cimstack import datasets, models
     split = datasets.digits("flat")
     torch.manual_seed(0)
     model = models.DigitsMLP(hidden=8)
@@ -290,9 +293,6 @@ def small_mlp():
 
 
 def test_deployment_on_the_chip_equals_golden_on_the_whole_test_split(server, small_mlp):
-    import torch
-    import cimstack
-    from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
     model, split, stats = small_mlp
     cfg = soc_test_config()
     dep = cimstack.compile(model, cfg, example=split.x_train[:256])
@@ -317,9 +317,6 @@ def test_deployment_on_the_chip_equals_golden_on_the_whole_test_split(server, sm
 
 
 def test_host_driven_write_verify_equals_the_on_chip_controller(server):
-    import torch
-    import cimstack
-    from cimstack.backends import DeviceBackend, GoldenBackend
     cfg = soc_test_config()
     torch.manual_seed(3)
     model = torch.nn.Linear(4, 3)
@@ -342,10 +339,6 @@ _SAMPLES = {"cnn": 24, "gru": 48, "lstm": 48, "resnet": 8}
 @pytest.mark.parametrize("name", list(_SMALL))
 def test_every_model_runs_on_the_chip_bit_for_bit_with_golden(server, name):
     """Conv (im2col), recurrent (one VMM per step) and residual models through the socket."""
-    import torch
-    import cimstack
-    from cimstack import datasets, models
-    from cimstack.backends import DeviceBackend, GoldenBackend
     cls, shape = models.MODELS[name]
     split = datasets.digits(shape)
     torch.manual_seed(0)
