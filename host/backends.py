@@ -29,7 +29,7 @@ import torch
 
 from .config import ChipConfig
 from .errors import ConfigError, InputRangeError
-from .golden import RESET, SET, GoldenSoC, GoldenTile, WriteVerifyJob, ispp
+from .golden import RESET, SET, GoldenSoC, GoldenTile, Pulse, WriteVerifyJob, ispp
 from .isa import mode_field
 from .physics import TileEmulator
 from .physics.devices import DeviceModel, seed_for
@@ -109,6 +109,15 @@ class Backend:
         """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
         raise NotImplementedError
 
+    def pulse(self, tile: int, row, unit, cell, polarity, amplitude=1) -> np.ndarray:
+        """One programming pulse on each of a set of distinct cells (parallel int arrays,
+        broadcast); returns their states after it (state LSBs). For training on the chip."""
+        raise NotImplementedError
+
+    def read_cells(self, tile: int, row, unit, cell) -> np.ndarray:
+        """Verify reads of a set of cells (state LSBs, with the verify read noise)."""
+        raise NotImplementedError
+
     def rounding_bias(self, adc_gain: int) -> float:
         """Mean ADC rounding error per conversion (ADC LSBs) that the runtime subtracts:
         the integer datapath's tie bias (:func:`adc_tie_bias`)."""
@@ -129,6 +138,19 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg.name})"
+
+
+def _cell_args(cfg: ChipConfig, *args) -> list[np.ndarray]:
+    """Cell index (and pulse) arguments broadcast to flat int64 arrays, indices checked."""
+    try:
+        arrs = [a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in args))]
+    except ValueError as exc:
+        raise InputRangeError(f"cell arguments do not broadcast: {exc}") from None
+    dp = cfg.datapath
+    for name, a, hi in (("row", arrs[0], cfg.array.rows), ("unit", arrs[1], dp.units), ("cell", arrs[2], dp.cells_per_unit)):
+        if a.size and (a.min() < 0 or a.max() >= hi):
+            raise InputRangeError(f"cell {name} indices must lie in 0..{hi - 1}")
+    return arrs
 
 
 def _neutral_post(cfg: ChipConfig, post_scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +187,17 @@ class GoldenBackend(Backend):
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))
+
+    def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
+        self._check_tile(tile)
+        g = self.soc.tiles[tile]
+        return np.array([g.pulse(Pulse(*map(int, a))) for a in zip(*_cell_args(self.cfg, row, unit, cell, polarity, amplitude))],
+                        dtype=np.int64)
+
+    def read_cells(self, tile, row, unit, cell):
+        self._check_tile(tile)
+        return np.array([self.soc.read_cell(tile, *map(int, a)) for a in zip(*_cell_args(self.cfg, row, unit, cell))],
+                        dtype=np.int64)
 
     def vmm(self, tile, x, mode=None):
         self._check_tile(tile)
@@ -221,9 +254,7 @@ class EmulatorBackend(Backend):
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         """The ISPP loop of :func:`cimstack.golden.ispp`, on all cells in parallel."""
         self._check_tile(tile)
-        emu, dp = self.tiles[tile], self.cfg.datapath
-        full = float((1 << dp.state_bits) - 1)
-        sigma = self.cfg.device.read_noise_sigma * full
+        emu = self.tiles[tile]
         r_, u_, c_ = (torch.as_tensor(v, device=emu.device) for v in (jobs.row, jobs.unit, jobs.cell))
         target = torch.as_tensor(jobs.target, dtype=emu.dtype, device=emu.device)
         tol = torch.as_tensor(jobs.tol, dtype=emu.dtype, device=emu.device)
@@ -231,11 +262,7 @@ class EmulatorBackend(Backend):
         stuck = emu.stuck[r_, u_, c_]
 
         def read(st: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            sk = stuck[idx]
-            eff = torch.where(sk == 1, torch.zeros_like(st), torch.where(sk == 2, torch.full_like(st, full), st))
-            if sigma > 0:
-                eff = eff + sigma * torch.randn(st.shape, generator=self.verify_gen, dtype=st.dtype, device=st.device)
-            return eff
+            return self._verify_read(st, stuck[idx])
 
         everyone = torch.arange(len(jobs), device=emu.device)
         first = read(state, everyone)
@@ -263,6 +290,27 @@ class EmulatorBackend(Backend):
         emu.set_state(new_state, emu.stuck)          # fresh drift exponents for the programmed states
         return (status.cpu().numpy().astype(np.int64), pulses.cpu().numpy(),
                 torch.clamp(torch.round(err), -32768, 32767).cpu().numpy().astype(np.int64))
+
+    def _verify_read(self, state: torch.Tensor, stuck: torch.Tensor) -> torch.Tensor:
+        """A verify read of cells at ``state``: stuck cells read 0 or full scale, plus the
+        verify read noise (``device.read_noise_sigma`` of full scale)."""
+        full = float((1 << self.cfg.datapath.state_bits) - 1)
+        sigma = self.cfg.device.read_noise_sigma * full
+        eff = torch.where(stuck == 1, torch.zeros_like(state), torch.where(stuck == 2, torch.full_like(state, full), state))
+        if sigma > 0:
+            eff = eff + sigma * torch.randn(state.shape, generator=self.verify_gen, dtype=state.dtype, device=state.device)
+        return eff
+
+    def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
+        self._check_tile(tile)
+        r, u, c, pol, amp = _cell_args(self.cfg, row, unit, cell, polarity, amplitude)
+        return self.tiles[tile].apply_pulses(r, u, c, pol, amp).cpu().numpy()
+
+    def read_cells(self, tile, row, unit, cell):
+        self._check_tile(tile)
+        emu = self.tiles[tile]
+        r, u, c = (torch.as_tensor(a, device=emu.device) for a in _cell_args(self.cfg, row, unit, cell))
+        return self._verify_read(emu.state[r, u, c], emu.stuck[r, u, c]).cpu().numpy()
 
     def vmm(self, tile, x, mode=None):
         self._check_tile(tile)
@@ -328,6 +376,16 @@ class DeviceBackend(Backend):
             self.dev.pulse_cell(tile, j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude)
 
         return _results(ispp(job_list, read, pulse, max_pulses, amp_start, amp_step, amp_max))
+
+    def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
+        self._check_tile(tile)
+        return np.array([self.dev.pulse_cell(tile, *map(int, a))
+                         for a in zip(*_cell_args(self.cfg, row, unit, cell, polarity, amplitude))], dtype=np.int64)
+
+    def read_cells(self, tile, row, unit, cell):
+        self._check_tile(tile)
+        return np.array([self.dev.read_cell(tile, *map(int, a)) for a in zip(*_cell_args(self.cfg, row, unit, cell))],
+                        dtype=np.int64)
 
     def vmm(self, tile, x, mode=None):
         """A batch as one sequencer program per chunk that fits the activation buffer: per

@@ -270,7 +270,8 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
     ``example``: a batch of typical inputs, used to calibrate each layer's input range (the
     ``percentile`` of |input|; 100 = the maximum; the default 99 clips the rare largest
     activations for finer steps everywhere else: +9 points for the digits ResNet on the golden
-    model, none lost elsewhere) and to count VMMs per sample for the cost model. ``copies``: weight copies per layer (an int for all, or {layer: n}).
+    model, none lost elsewhere) and to count VMMs per sample for the cost model. Layers trained
+    with :mod:`cimstack.training` keep the input range they learned. ``copies``: weight copies per layer (an int for all, or {layer: n}).
     ``strategy``: placement (:data:`cimstack.placer.STRATEGIES`). ``seed``: the chip
     instance and noise seed used when programming (default ``config.seed``).
     """
@@ -295,7 +296,9 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
     layers = []
     for node in graph.analog_nodes():
         n = copies.get(node.name, 1) if isinstance(copies, dict) else copies
-        layer = map_layer(node, config, ranges.get(node.name, 1.0), weight_scale=weight_scale, copies=n)
+        # a hardware-aware trained layer brings the input range it learned (cimstack.training)
+        x_range = node.attrs.get("input_range") or ranges.get(node.name, 1.0)
+        layer = map_layer(node, config, x_range, weight_scale=weight_scale, copies=n)
         layer.calls_per_sample = calls.get(node.name, 1.0)
         layers.append(layer)
     placement = place(layers, config, strategy)

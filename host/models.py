@@ -142,12 +142,15 @@ def accuracy(logits_or_fn: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 def train(model: nn.Module, split: Split, epochs: int = 30, lr: float = 1e-2,
           batch_size: int = 64, seed: int = 0, weight_decay: float = 0.0,
-          progress: bool = False) -> dict[str, float]:
+          progress: bool = False, on_epoch: Callable[[int], None] | None = None,
+          after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """Adam on cross-entropy with the learning rate cosine-annealed from ``lr`` to zero.
 
     The annealing makes the final weights (the ones mapped onto the chip) a settled minimum
     rather than wherever the last large step landed. Deterministic for a given ``seed``
     (model init is the caller's; shuffling uses its own generator); leaves ``model`` in eval mode.
+    ``on_epoch(epoch)`` runs before each epoch and ``after_step()`` after each optimiser step
+    (the hardware-aware trainer's schedule and weight clipping).
 
     Returns {"train_accuracy", "test_accuracy", "epochs", "seconds"}.
     """
@@ -159,12 +162,16 @@ def train(model: nn.Module, split: Split, epochs: int = 30, lr: float = 1e-2,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     start = time.perf_counter()
     model.train()
-    for _ in trange(epochs, desc=f"train {split.name}".strip(), disable=not progress):
+    for epoch in trange(epochs, desc=f"train {split.name}".strip(), disable=not progress):
+        if on_epoch is not None:
+            on_epoch(epoch)
         for idx in torch.randperm(n, generator=gen).split(batch_size):
             opt.zero_grad()
             F.cross_entropy(model(split.x_train[idx]), split.y_train[idx]).backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step()
     seconds = time.perf_counter() - start
     model.eval()
     return {"train_accuracy": accuracy(model, split.x_train, split.y_train),

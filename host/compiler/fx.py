@@ -42,11 +42,19 @@ def _pair(v, dims: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with subclasses of the mapped layers (e.g. the hardware-aware training
+    layers of :mod:`cimstack.training`) kept as leaves like the torch.nn originals."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
 class _Importer:
     def __init__(self, model: nn.Module):
         self.model = model
         try:
-            self.gm = torch.fx.symbolic_trace(model)
+            self.gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
         except Exception as exc:           # noqa: BLE001 - fx raises many types; report them as one
             raise CompileError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
         self.modules = dict(self.gm.named_modules())
@@ -103,8 +111,10 @@ class _Importer:
         kind = type(mod).__name__
         origin = f"{kind} {n.target}"
         x = self.value(n, n.args[0]) if n.args else None
+        learned = getattr(mod, "learned_input_range", None)     # hardware-aware trained layers
+        extra = {} if learned is None else {"input_range": learned}
         if isinstance(mod, nn.Linear):
-            self.emit(n, "linear", [x], origin, weight=_np(mod.weight), bias=_np(mod.bias))
+            self.emit(n, "linear", [x], origin, weight=_np(mod.weight), bias=_np(mod.bias), **extra)
         elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             dims = 1 if isinstance(mod, nn.Conv1d) else 2
             if mod.groups != 1:
@@ -114,7 +124,7 @@ class _Importer:
                                    "give integer zero padding")
             self.emit(n, "conv", [x], origin, weight=_np(mod.weight), bias=_np(mod.bias),
                       stride=_pair(mod.stride, dims), padding=_pair(mod.padding, dims),
-                      dilation=_pair(mod.dilation, dims))
+                      dilation=_pair(mod.dilation, dims), **extra)
         elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if mod.running_mean is None:
                 raise self.fail(n, f"{origin} without running statistics (track_running_stats=False)")

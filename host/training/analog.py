@@ -1,0 +1,421 @@
+"""The chip's analog layer as a differentiable PyTorch function, for hardware-aware training.
+
+:func:`analog_matmul` computes ``x @ M`` the way a deployed layer computes it on the chip
+(:mod:`cimstack.mapper`, :class:`cimstack.physics.TileEmulator`), with every step that loses
+information drawn from the same config and the same device model:
+
+1. inputs quantised to the config's input bits over a (learned) input range, LSQ gradients
+   (Esser et al., ICLR 2020) to the range;
+2. weights quantised to the signed weight codes with one scale per output column (the
+   mapper's default), straight-through;
+3. each weight split into cells (differential pair or offset reference column, bit slices:
+   :func:`cimstack.mapping.weights_to_codes` semantics), and each cell's conductance drawn
+   from :class:`cimstack.physics.DeviceModel`: the write-verify residual or open-loop
+   programming noise, stuck-at faults, drift to a read time with per-device exponents,
+   read noise at that time, optional global drift compensation;
+4. the rows cut into array-sized blocks (:func:`cimstack.mapper.even_splits`); per block, per
+   input pulse and per slice a column sum with the word-line I-V nonlinearity, Gaussian
+   output noise of ``device.output_noise_lsb`` per conversion, then the ADC (rounding and
+   saturation, straight-through inside the range, zero gradient when saturated);
+5. shift-add of pulses and slices, dequantisation, digital sum of the row blocks.
+
+Fresh noise is drawn on every call (one chip instance per mini-batch, as aihwkit draws its
+training noise). The layers :class:`AnalogLinear`, :class:`AnalogConv1d` and
+:class:`AnalogConv2d` are ``nn.Linear`` / ``nn.Conv*d`` subclasses, so the compiler
+(:func:`cimstack.compile`) maps a trained model directly and takes each layer's learned input
+range instead of calibrating one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import ChipConfig
+from ..errors import ConfigError
+from ..golden import STUCK_AT_0, STUCK_AT_MAX
+from ..mapper import even_splits
+from ..mapping import pulse_weights, slice_weights
+from ..physics.converters import Adc, Dac, round_half_up
+from ..physics.devices import DeviceModel, level_step_us
+
+__all__ = ["Nonidealities", "analog_matmul", "AnalogLayer", "AnalogLinear", "AnalogConv1d", "AnalogConv2d",
+           "convert", "analog_layers", "set_nonidealities", "clip_weights", "PROGRAMMING"]
+
+#: how cells reach their conductance: the write-verify residual (what ``Deployment.program``
+#: leaves), open-loop programming noise (``DeviceModel.program``), or exact targets
+PROGRAMMING = ("write_verify", "open_loop", "none")
+
+
+@dataclass(frozen=True)
+class Nonidealities:
+    """Which of the chip's non-idealities a training forward draws.
+
+    ``quantise``: inputs and weights to the chip's integers (needed by everything below
+    but ``weight_noise_range``). ``adc``: column sums per pulse and slice through the ADC with
+    output noise (False: ideal integer products). ``programming``: one of
+    :data:`PROGRAMMING`. ``drift_t``: read time in seconds after programming, a number or a
+    ``(lo, hi)`` range sampled log-uniformly per call (None: the first read at ``t0``).
+    ``noise_scale`` multiplies every random non-ideality (training a little noisier than the
+    chip is a common margin). ``weight_noise_range``: OpenCIMTC's noise fine-tuning, additive
+    ``clamp(N(0,1), ±3) * frac * (max w - min w)`` on the quantised weights (Yu et al., Nat.
+    Commun. 2025: 0.06).
+    """
+
+    quantise: bool = True
+    adc: bool = True
+    programming: str = "write_verify"
+    stuck: bool = True
+    read_noise: bool = True
+    output_noise: bool = True
+    drift_t: float | tuple[float, float] | None = None
+    drift_compensation: bool = True
+    noise_scale: float = 1.0
+    weight_noise_range: float = 0.0
+
+    def __post_init__(self):
+        if self.programming not in PROGRAMMING:
+            raise ConfigError(f"programming = {self.programming!r} is not one of {', '.join(PROGRAMMING)}")
+        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ConfigError(f"noise_scale = {self.noise_scale!r} must be a non-negative number")
+        if not (0 <= self.weight_noise_range < 1):
+            raise ConfigError(f"weight_noise_range = {self.weight_noise_range!r} must lie in [0, 1)")
+        if self.adc and not self.quantise:
+            raise ConfigError("the ADC model needs quantised inputs and weights (quantise=True)")
+        t = self.drift_t
+        ts = t if isinstance(t, tuple) else (t,) if t is not None else ()
+        if any(not isinstance(v, (int, float)) or not v > 0 for v in ts) or len(ts) > 2 or \
+                (len(ts) == 2 and ts[0] > ts[1]):
+            raise ConfigError(f"drift_t = {t!r} must be a positive time in seconds or a (lo, hi) range")
+
+    @classmethod
+    def chip(cls, **kw) -> "Nonidealities":
+        """Everything the chip does (the default), with overrides."""
+        return cls(**kw)
+
+    @classmethod
+    def off(cls) -> "Nonidealities":
+        """The floating-point layer."""
+        return cls(quantise=False, adc=False, programming="none", stuck=False, read_noise=False,
+                   output_noise=False, drift_compensation=False)
+
+    @classmethod
+    def opencimtc(cls, frac: float = 0.06) -> "Nonidealities":
+        """OpenCIMTC's post-deployment noise fine-tuning: quantised inputs and weights plus
+        additive weight noise of ``frac`` times the layer's weight range."""
+        return cls(adc=False, programming="none", stuck=False, read_noise=False, output_noise=False,
+                   drift_compensation=False, weight_noise_range=frac)
+
+    @property
+    def active(self) -> bool:
+        return self.quantise or self.weight_noise_range > 0
+
+
+def _grad_scale(x: torch.Tensor, s: float) -> torch.Tensor:
+    """``x`` forward, gradient times ``s`` backward (LSQ's step-size gradient scale)."""
+    return (x - x * s).detach() + x * s
+
+
+def _cells(w_int: torch.Tensor, cfg: ChipConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell codes (G+, G-) of integer weights, shape (..., slices), straight-through.
+
+    Forward values are :func:`cimstack.mapping.weights_to_codes`; backward, slice ``s`` of
+    G+ takes ``1 / (slices * 2**(s*cell_bits))`` of the weight's gradient, so the slice
+    recombination ``sum_s 2**(s*cb) (G+ - G-)`` has gradient one.
+    """
+    dp, cb = cfg.datapath, cfg.cell.cell_bits
+    base = float(1 << cb)
+    wd = w_int.detach()
+    if cfg.mapping.scheme == "differential":
+        mag = wd.abs()
+        digits = torch.stack([torch.remainder(torch.floor(mag / base ** s), base) for s in range(dp.slices)], dim=-1)
+        zero = torch.zeros((), dtype=wd.dtype, device=wd.device)
+        pos = torch.where(wd.unsqueeze(-1) > 0, digits, zero)
+        neg = torch.where(wd.unsqueeze(-1) < 0, digits, zero)
+    else:
+        half = base / 2
+        digits, rest = [], wd
+        for _ in range(dp.slices):
+            d = torch.remainder(rest + half, base) - half
+            digits.append(d)
+            rest = (rest - d) / base
+        pos = torch.stack(digits, dim=-1) + dp.ref_code
+        neg = torch.full_like(pos, float(dp.ref_code))
+    c = torch.tensor([1.0 / (dp.slices * base ** s) for s in range(dp.slices)], dtype=wd.dtype, device=wd.device)
+    if w_int.requires_grad:
+        pos = pos + c * (w_int - wd).unsqueeze(-1)
+    return pos, neg
+
+
+def _draw_time(t, device_cfg) -> float:
+    t0 = device_cfg.drift_t0_s
+    if t is None:
+        return t0
+    if isinstance(t, tuple):
+        lo, hi = max(t[0], t0), max(t[1], t0)
+        return float(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(()).item()))
+    return max(float(t), t0)
+
+
+def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Nonidealities,
+                 devices: DeviceModel) -> torch.Tensor:
+    """Per-unit analog weights (G+ - G-) in code units with the cell non-idealities drawn."""
+    d, dp = cfg.device, cfg.datapath
+    step = level_step_us(cfg)
+    k = ni.noise_scale
+    frac = cfg.cell.frac_bits
+    cells = torch.stack([pos, neg])                       # (2, ..., slices) codes
+    target = cells.detach()
+    if ni.programming == "write_verify" and frac and k > 0:
+        tol = ((1 << (frac - 1)) - 1) / float(1 << frac)   # the verify window, in codes
+        cells = cells + k * tol * (2 * torch.rand_like(target) - 1)
+    elif ni.programming == "open_loop" and k > 0:
+        g_target = d.g_min_us + target * step
+        cells = cells + k * devices.programming_sigma(g_target) / step * torch.randn_like(target)
+    if ni.stuck and (d.stuck_at_0_rate > 0 or d.stuck_at_gmax_rate > 0):
+        flags = devices.sample_stuck(target.shape, torch.default_generator, device=target.device)
+        cells = torch.where(flags == STUCK_AT_0, torch.zeros_like(cells), cells)
+        cells = torch.where(flags == STUCK_AT_MAX, torch.full_like(cells, float(dp.code_max)), cells)
+    if cfg.mapping.scheme == "offset":
+        cells = torch.stack([cells[0], cells[1].detach()])
+    g_prog = d.g_min_us + cells * step                    # µS
+    t = _draw_time(ni.drift_t, d)
+    drifts = d.model == "pcm" or d.drift_nu > 0
+    if drifts and t > d.drift_t0_s:
+        nu = devices.sample_nu(g_prog.detach().clamp(min=0), torch.default_generator)
+        g_t = g_prog * devices.drift_factor(nu, t)
+    else:
+        g_t = g_prog
+    u_t = (g_t[0] - g_t[1]) / step
+    if ni.drift_compensation and drifts and t > d.drift_t0_s:
+        # readout(t0) / readout(t) for one unit pulse on every row, from the noise-free reads
+        # (TileEmulator.drift_compensation_factor)
+        u0 = (g_prog[0] - g_prog[1]).detach() / step
+        alpha = u0.sum(0).abs().sum() / u_t.detach().sum(0).abs().sum().clamp(min=1e-12)
+    else:
+        alpha = 1.0
+    if ni.read_noise and k > 0:
+        sig = devices.read_noise_sigma(g_prog.detach(), g_t.detach(), t)
+        noise = k * sig * torch.randn_like(sig)
+        u_t = u_t + (noise[0] - noise[1]) / step
+    return u_t * alpha
+
+
+def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | float, cfg: ChipConfig,
+                  ni: Nonidealities, devices: DeviceModel | None = None) -> torch.Tensor:
+    """``x @ m`` as the chip computes it (module docstring), differentiable.
+
+    ``x`` (batch, in_features), ``m`` (in_features, out_features), ``x_range`` the input
+    magnitude mapped onto the largest input code (a tensor to learn it). Returns (batch,
+    out_features) in the units of ``x @ m``.
+    """
+    if not ni.active:
+        return x @ m
+    dp = cfg.datapath
+    md = dp.mode()
+    devices = devices or DeviceModel(cfg)
+    # 1. inputs
+    n_in = x.shape[-1]
+    r = x_range if isinstance(x_range, torch.Tensor) else torch.tensor(float(x_range), dtype=x.dtype)
+    r = _grad_scale(r.abs().clamp(min=1e-8), 1.0 / math.sqrt(max(x.numel(), 1) * md.in_max))
+    s_x = r / md.in_max
+    xq = torch.clamp(round_half_up(x / s_x), md.in_min, md.in_max)
+    # 2. weights, one scale per output column
+    s_w = (m.detach().abs().amax(dim=0).clamp(min=1e-30) / dp.weight_max)
+    w_int = torch.clamp(round_half_up(m / s_w), dp.weight_min, dp.weight_max)
+    if not ni.adc:
+        w = w_int
+        if ni.weight_noise_range > 0 and ni.noise_scale > 0:
+            span = (w_int.detach().amax() - w_int.detach().amin()).clamp(min=1.0)
+            w = w + ni.noise_scale * ni.weight_noise_range * span * torch.clamp(torch.randn_like(w_int), -3, 3)
+        return (xq @ w) * s_x * s_w
+    # 3.-5. cells, blocks, pulses, ADC
+    pos, neg = _cells(w_int, cfg)                        # (in, out, slices)
+    u = _unit_values(pos, neg, cfg, ni, devices)
+    if ni.weight_noise_range > 0 and ni.noise_scale > 0:
+        span = float(2 * dp.code_max)
+        u = u + ni.noise_scale * ni.weight_noise_range * span * torch.clamp(torch.randn_like(u), -3, 3)
+    dac, adc = Dac(cfg), Adc(cfg)
+    pw = torch.as_tensor(pulse_weights(cfg), dtype=x.dtype, device=x.device)
+    sw = torch.as_tensor(slice_weights(cfg), dtype=x.dtype, device=x.device)
+    out_f, slices = m.shape[1], dp.slices
+    y = None
+    sigma_out = cfg.device.output_noise_lsb * ni.noise_scale if ni.output_noise else 0.0
+    for in0, rows in even_splits(n_in, cfg.array.rows):
+        digits = devices.iv(dac.digits(xq[:, in0:in0 + rows]))                  # (P, B, rows)
+        s = digits @ u[in0:in0 + rows].reshape(rows, out_f * slices)             # (P, B, out*slices)
+        if sigma_out > 0:
+            s = s + sigma_out * torch.randn_like(s)
+        codes = adc(s) - adc.offset
+        part = torch.einsum("pbus,p,s->bu", codes.reshape(*codes.shape[:2], out_f, slices), pw, sw)
+        y = part if y is None else y + part
+    return y * (1.0 / adc.scale) * s_x * s_w
+
+
+class AnalogLayer:
+    """What the analog layers share: the chip config, the non-idealities, a learned input range.
+
+    ``enabled`` switches the chip model on (the staged schedule turns layers on one by one);
+    off, the layer is its float parent. The input range is initialised on the first enabled
+    training forward from the ``init_percentile`` of |x| (as ``cimstack.compile`` calibrates),
+    then learned.
+    """
+
+    chip: ChipConfig
+    nonidealities: Nonidealities
+    enabled: bool
+    init_percentile: float = 99.0
+
+    def _setup_analog(self, cfg: ChipConfig, ni: Nonidealities, enabled: bool) -> None:
+        if not isinstance(cfg, ChipConfig):
+            raise ConfigError(f"analog layers need a ChipConfig, got {type(cfg).__name__}")
+        self.chip, self.nonidealities, self.enabled = cfg, ni, enabled
+        self.devices = DeviceModel(cfg)
+        self.input_range = nn.Parameter(torch.zeros(()))
+        self.register_buffer("range_initialised", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def learned_input_range(self) -> float | None:
+        """The input magnitude the compiler should map onto the largest input code."""
+        return float(self.input_range.detach().abs()) if bool(self.range_initialised) else None
+
+    def _analog(self, x2d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        if not bool(self.range_initialised):
+            with torch.no_grad():
+                v = x2d.detach().abs().flatten().double()
+                k = max(1, int(round(self.init_percentile / 100 * v.numel())))
+                r = float(v.kthvalue(k).values) if v.numel() else 1.0
+                self.input_range.fill_(r if r > 0 else 1.0)
+                self.range_initialised.fill_(True)
+        return analog_matmul(x2d, m, self.input_range.to(x2d.dtype), self.chip, self.nonidealities, self.devices)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", chip={self.chip.name}, analog={'on' if self.enabled else 'off'}"
+
+
+class AnalogLinear(AnalogLayer, nn.Linear):
+    """``nn.Linear`` computed through :func:`analog_matmul` while enabled."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, cfg: ChipConfig,
+                 nonidealities: Nonidealities = Nonidealities(), enabled: bool = True):
+        nn.Linear.__init__(self, in_features, out_features, bias)
+        self._setup_analog(cfg, nonidealities, enabled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return F.linear(x, self.weight, self.bias)
+        y = self._analog(x.reshape(-1, self.in_features), self.weight.t()).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class _AnalogConv(AnalogLayer):
+    dims: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self._conv_forward(x, self.weight, self.bias)
+        two_d = self.dims == 2
+        x4 = x if two_d else x.unsqueeze(-2)
+        k = self.kernel_size if two_d else (1, self.kernel_size[0])
+        pad = self.padding if two_d else (0, self.padding[0])
+        stride = self.stride if two_d else (1, self.stride[0])
+        dil = self.dilation if two_d else (1, self.dilation[0])
+        cols = F.unfold(x4, k, dilation=dil, padding=pad, stride=stride)           # (N, C*k, L)
+        n, ck, positions = cols.shape
+        y = self._analog(cols.transpose(1, 2).reshape(n * positions, ck), self.weight.reshape(self.out_channels, -1).t())
+        h_out = (x4.shape[-2] + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
+        w_out = (x4.shape[-1] + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
+        y = y.reshape(n, h_out, w_out, self.out_channels).permute(0, 3, 1, 2)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y if two_d else y.squeeze(-2)
+
+
+class AnalogConv1d(_AnalogConv, nn.Conv1d):
+    """``nn.Conv1d`` (groups=1, zero padding) computed through :func:`analog_matmul` while enabled."""
+
+    dims = 1
+
+    def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
+                 enabled: bool = True, **kw):
+        nn.Conv1d.__init__(self, *args, **kw)
+        self._setup_analog(cfg, nonidealities, enabled)
+
+
+class AnalogConv2d(_AnalogConv, nn.Conv2d):
+    """``nn.Conv2d`` (groups=1, zero padding) computed through :func:`analog_matmul` while enabled."""
+
+    dims = 2
+
+    def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
+                 enabled: bool = True, **kw):
+        nn.Conv2d.__init__(self, *args, **kw)
+        self._setup_analog(cfg, nonidealities, enabled)
+
+
+def _analog_twin(mod: nn.Module, cfg: ChipConfig, ni: Nonidealities, enabled: bool) -> nn.Module | None:
+    common = dict(cfg=cfg, nonidealities=ni, enabled=enabled)
+    if type(mod) is nn.Linear:
+        new = AnalogLinear(mod.in_features, mod.out_features, mod.bias is not None, **common)
+    elif type(mod) in (nn.Conv1d, nn.Conv2d):
+        if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise ConfigError(f"{type(mod).__name__} with groups={mod.groups}, padding={mod.padding!r}, "
+                              f"padding_mode={mod.padding_mode!r} does not map onto one crossbar matrix")
+        cls = AnalogConv2d if type(mod) is nn.Conv2d else AnalogConv1d
+        new = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                  dilation=mod.dilation, bias=mod.bias is not None, **common)
+    else:
+        return None
+    new.load_state_dict(mod.state_dict(), strict=False)
+    return new.to(mod.weight.device, mod.weight.dtype)
+
+
+def convert(model: nn.Module, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
+            enabled: bool = True) -> nn.Module:
+    """Replace every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` of ``model`` in place by its
+    analog twin (same parameters) and return ``model``. Layers already analog get the new
+    config and non-idealities. Recurrent layers stay digital floats (not trained with noise)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, AnalogLayer):
+            child.chip, child.nonidealities, child.enabled = cfg, nonidealities, enabled
+            child.devices = DeviceModel(cfg)
+            continue
+        twin = _analog_twin(child, cfg, nonidealities, enabled)
+        if twin is not None:
+            setattr(model, name, twin)
+        else:
+            convert(child, cfg, nonidealities, enabled)
+    if not analog_layers(model) and isinstance(model, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        raise ConfigError("convert() replaces the layers inside a model; wrap a bare layer in nn.Sequential")
+    return model
+
+
+def analog_layers(model: nn.Module) -> list[tuple[str, AnalogLayer]]:
+    """The analog layers of ``model`` with their qualified names, in definition order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, AnalogLayer)]
+
+
+def set_nonidealities(model: nn.Module, ni: Nonidealities | None = None, *, enabled: bool | None = None,
+                      **changes) -> None:
+    """Set (or change fields of) every analog layer's non-idealities, and/or switch them on or off."""
+    for _, layer in analog_layers(model):
+        if ni is not None:
+            layer.nonidealities = ni
+        if changes:
+            layer.nonidealities = replace(layer.nonidealities, **changes)
+        if enabled is not None:
+            layer.enabled = enabled
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, sigmas: float = 3.0) -> None:
+    """Clip every analog layer's weights to ``sigmas`` standard deviations of its output
+    column (Rasch et al., Nat. Commun. 2023): outliers would otherwise set the per-column
+    weight scale and coarsen every other weight's step."""
+    for _, layer in analog_layers(model):
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        bound = sigmas * w.std(dim=1, keepdim=True).clamp(min=1e-12)
+        w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
