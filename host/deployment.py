@@ -221,6 +221,21 @@ class Deployment:
         md = self.cfg.datapath.mode(layer.mode)
         return torch.clamp(torch.round(x2d / layer.x_scale), md.in_min, md.in_max)
 
+    def layer_vmm(self, name: str, x2d, backend: Backend | None = None) -> torch.Tensor:
+        """One placed layer's product ``x2d @ M`` (no bias) on the chip, float64: inputs
+        quantised to the layer's scale, every pass of its blocks run, results dequantised.
+        Chip-in-the-loop training calls this from the model's own layers."""
+        be = backend or self.backend
+        if be is None:
+            raise ConfigError("the deployment has not been programmed on any backend: call program(backend) first")
+        if name not in self.by_name:
+            raise ConfigError(f"no placed layer {name!r}; layers: {', '.join(self.by_name)}")
+        layer = self.by_name[name]
+        x2d = torch.as_tensor(x2d, dtype=torch.float64)
+        if x2d.ndim != 2 or x2d.shape[1] != layer.in_features:
+            raise InputRangeError(f"layer {name} takes (batch, {layer.in_features}) inputs, got {tuple(x2d.shape)}")
+        return self._vmm(be, layer.node, x2d)
+
     def _vmm(self, be: Backend, node, x2d: torch.Tensor) -> torch.Tensor:
         layer = self.by_name[node.name]
         xq = self._quantise_inputs(layer, x2d).to(torch.int64).numpy()

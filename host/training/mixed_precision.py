@@ -36,7 +36,7 @@ from ..backends import Backend, CellJobs
 from ..datasets import Split
 from ..errors import ConfigError
 from ..golden import SET
-from ..mapping import pulse_weights
+from ..mapping import pulse_weights, slice_weights
 from ..physics.devices import DeviceModel
 
 __all__ = ["MixedPrecisionMLP", "MixedPrecisionStats"]
@@ -65,8 +65,9 @@ class MixedPrecisionStats:
 class MixedPrecisionMLP:
     """An MLP ``sizes[0] -> ... -> sizes[-1]`` (ReLU between) with layer ``l`` on tile ``l``.
 
-    ``backend``: where the weights live and the forward VMMs run; its config must store one
-    weight per differential pair (one slice: ``mapping.weight_bits = cell.cell_bits + 1``).
+    ``backend``: where the weights live and the forward VMMs run; its config must use
+    differential pairs. Each weight is one pair: with bit-sliced weights, the most significant
+    slice's pair (the others stay at zero), so the pulse granularity is a device's own.
     ``w_max``: the weight of a full-scale pair. ``lr``, ``batch_size``: plain SGD.
     ``max_pulses``: most pulses one update may give one cell.
     """
@@ -76,10 +77,9 @@ class MixedPrecisionMLP:
                  range_percentile: float = 99.0, seed: int = 0):
         cfg = backend.cfg
         dp, a = cfg.datapath, cfg.array
-        if cfg.mapping.scheme != "differential" or dp.slices != 1:
-            raise ConfigError(f"mixed-precision training keeps one weight per differential pair: config "
-                              f"{cfg.name!r} has scheme {cfg.mapping.scheme!r} with {dp.slices} slices (set "
-                              f"mapping.weight_bits = cell.cell_bits + 1 = {cfg.cell.cell_bits + 1})")
+        if cfg.mapping.scheme != "differential":
+            raise ConfigError(f"mixed-precision training keeps each weight in a differential pair: config "
+                              f"{cfg.name!r} uses the {cfg.mapping.scheme!r} scheme")
         sizes = tuple(int(s) for s in sizes)
         if len(sizes) < 2 or len(sizes) - 1 > a.tiles:
             raise ConfigError(f"{len(sizes) - 1} layers need as many tiles; the chip has {a.tiles}")
@@ -100,8 +100,11 @@ class MixedPrecisionMLP:
         self.eps = float(DeviceModel(cfg).pulse_step_mean(torch.tensor(self.full / 4), SET, 1))
         self.md = dp.mode()
         # output units -> x @ (G+ - G-) in states: undo ADC gain and the code = state >> frac read
-        self.out_scale = (1 << cfg.adc.gain_shift) / cfg.adc.gain * float(1 << cfg.cell.frac_bits)
-        self.conversions = float(pulse_weights(cfg).sum())
+        top = dp.slices - 1                          # the pair of the most significant slice
+        self.unit_offset, self.slices = top, dp.slices
+        self.out_scale = ((1 << cfg.adc.gain_shift) / cfg.adc.gain * float(1 << cfg.cell.frac_bits)
+                          / float(1 << (top * cfg.cell.cell_bits)))
+        self.conversions = float(pulse_weights(cfg).sum() * slice_weights(cfg).sum())
         gen = torch.Generator().manual_seed(seed)
         self.biases = [torch.zeros(n, dtype=torch.float64) for n in sizes[1:]]
         init = [(torch.rand((n_in, n_out), generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(n_in)
@@ -124,7 +127,7 @@ class MixedPrecisionMLP:
             rows, cols = np.meshgrid(np.arange(d.shape[0]), np.arange(d.shape[1]), indexing="ij")
             rows, cols, d = rows.ravel(), cols.ravel(), d.ravel()
         pos, neg = np.maximum(d, 0), np.maximum(-d, 0)
-        r, u = np.concatenate([rows, rows]), np.concatenate([cols, cols])
+        r, u = np.concatenate([rows, rows]), self._unit(np.concatenate([cols, cols]))
         c = np.concatenate([np.zeros_like(rows), np.ones_like(rows)])
         tol = max(1, int(self.eps))
         status, pulses, _ = self.backend.write_verify(tile, CellJobs(r, u, c, np.concatenate([pos, neg]), np.full(len(r), tol)),
@@ -135,9 +138,13 @@ class MixedPrecisionMLP:
         read = torch.as_tensor(self.backend.read_cells(tile, r, u, c), dtype=torch.float64)
         if len(self.states) > tile:
             st = self.states[tile]
-            st[torch.as_tensor(r), torch.as_tensor(u), torch.as_tensor(c)] = read
+            st[torch.as_tensor(r), torch.as_tensor(np.concatenate([cols, cols])), torch.as_tensor(c)] = read
             return st
         return read.reshape(2, *diff.shape).permute(1, 2, 0).contiguous()
+
+    def _unit(self, cols: np.ndarray) -> np.ndarray:
+        """Physical column unit of logical columns."""
+        return np.asarray(cols) * self.slices + self.unit_offset
 
     def weights(self, layer: int) -> torch.Tensor:
         """The layer's weights as the host last read them."""
@@ -196,7 +203,7 @@ class MixedPrecisionMLP:
         for p in range(int(k.max()) if k.numel() else 0):
             r, u = torch.nonzero(k > p, as_tuple=True)
             cell = (n[r, u] < 0).to(torch.int64)
-            st[r, u, cell] = torch.as_tensor(self.backend.pulse(layer, r.numpy(), u.numpy(), cell.numpy(), SET, 1),
+            st[r, u, cell] = torch.as_tensor(self.backend.pulse(layer, r.numpy(), self._unit(u.numpy()), cell.numpy(), SET, 1),
                                              dtype=torch.float64)
             self.stats.update_pulses += len(r)
         full = st.amax(dim=-1) > self.refresh_level
