@@ -4,6 +4,7 @@ SoC — layer by layer from the host, then as one sequencer program over a batch
 against the golden model; link faults; the CLI's start and clean stop."""
 from __future__ import annotations
 
+import copy
 import signal
 import subprocess
 import sys
@@ -353,3 +354,46 @@ def test_every_model_runs_on_the_chip_bit_for_bit_with_golden(server, name):
         dep.program(chip)
         y_chip = dep.run(x)
     assert torch.equal(y_chip, y_gold)
+
+
+# -- training through the simulated chip ---------------------------------------------------------
+
+def test_mixed_precision_training_on_the_chip_equals_golden(server):
+    """Forward VMMs, chi-driven SET pulses and refreshes through the link: the simulated SoC
+    ends a few training steps in exactly the state the golden model does."""
+    from cimstack.training import MixedPrecisionMLP
+    cfg = soc_test_config()
+    split = datasets.digits("flat")
+    # the top half of each digit (32 pixels) fits the test chip's 32 rows
+    sub = datasets.Split(split.x_train[:48, :32], split.y_train[:48], split.x_test[:40, :32], split.y_test[:40], "top")
+    runs = {}
+    for name, be in (("golden", GoldenBackend(cfg)), ("chip", DeviceBackend(server.url, cfg))):
+        with be:
+            mp = MixedPrecisionMLP(be, sizes=(32, 8, 10), lr=0.5, batch_size=16, w_max=1.0)
+            stats = mp.fit(sub, epochs=1)
+            runs[name] = ([s.clone() for s in mp.states], [c.clone() for c in mp.chi], stats)
+    (s_g, c_g, st_g), (s_c, c_c, st_c) = runs["golden"], runs["chip"]
+    assert st_g.update_pulses > 0 and st_c.update_pulses == st_g.update_pulses
+    assert st_c.test_accuracy == st_g.test_accuracy
+    assert all(torch.equal(a, b) for a, b in zip(s_g, s_c))
+    assert all(torch.equal(a, b) for a, b in zip(c_g, c_c))
+
+
+def test_chip_in_the_loop_on_the_chip_equals_golden(server, small_mlp):
+    """Chip-in-the-loop steps with the forward on the simulated SoC: the same updates as with
+    the golden model, because the chip's outputs are the golden ones bit for bit."""
+    from cimstack.training import ChipInTheLoop
+    model, split, _ = small_mlp
+    cfg = soc_test_config()
+    sub = datasets.Split(split.x_train[:64], split.y_train[:64], split.x_test[:30], split.y_test[:30], "flat")
+    results, params = {}, {}
+    for name, be in (("golden", GoldenBackend(cfg)), ("chip", DeviceBackend(server.url, cfg))):
+        m = copy.deepcopy(model)
+        with be:
+            dep = cimstack.compile(m, cfg, example=split.x_train[:256])
+            cil = ChipInTheLoop(m, dep, be)
+            results[name] = cil.fit(sub, epochs=1, lr=1e-2, batch_size=32)
+            params[name] = [p.detach().clone() for p in m.parameters()]
+    assert results["chip"]["test_accuracy"] == results["golden"]["test_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(params["chip"], params["golden"]))
+    assert not torch.equal(params["chip"][1], small_mlp[0].fc1.bias.detach())     # the biases moved
