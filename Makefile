@@ -34,10 +34,11 @@ sim: $(STAMP)
 gen: $(STAMP)
 	$(PY) -m cimstack.gen --preset $(PRESET)
 
-## bench: SoC and model benchmarks over the simulation server (JSON under build/bench/)
+## bench: SoC, model and training benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
 	$(PY) benchmarks/bench_models.py --preset $(PRESET)
+	$(PY) benchmarks/bench_training.py
 
 clean:
 	rm -rf build .pytest_cache
