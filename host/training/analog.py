@@ -311,49 +311,44 @@ class AnalogLinear(AnalogLayer, nn.Linear):
         return y if self.bias is None else y + self.bias
 
 
+def conv_as_matmul(mod: nn.Module, x: torch.Tensor, matmul) -> torch.Tensor:
+    """A Conv1d/Conv2d module's output without bias, with the product of its im2col patches
+    (positions, C*k) and its (C*k, out) matrix computed by ``matmul(patches)`` (the IR's
+    conv lowering: patch order is the weight's ``reshape(out, -1)`` order)."""
+    two_d = isinstance(mod, nn.Conv2d)
+    x4 = x if two_d else x.unsqueeze(-2)
+    k = mod.kernel_size if two_d else (1, mod.kernel_size[0])
+    pad = mod.padding if two_d else (0, mod.padding[0])
+    stride = mod.stride if two_d else (1, mod.stride[0])
+    dil = mod.dilation if two_d else (1, mod.dilation[0])
+    cols = F.unfold(x4, k, dilation=dil, padding=pad, stride=stride)               # (N, C*k, L)
+    n, ck, positions = cols.shape
+    y = matmul(cols.transpose(1, 2).reshape(n * positions, ck))
+    h_out = (x4.shape[-2] + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
+    w_out = (x4.shape[-1] + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
+    y = y.reshape(n, h_out, w_out, -1).permute(0, 3, 1, 2)
+    return y if two_d else y.squeeze(-2)
+
+
 class _AnalogConv(AnalogLayer):
-    dims: int
+    def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
+                 enabled: bool = True, **kw):
+        super().__init__(*args, **kw)                     # nn.Conv1d / nn.Conv2d
+        self._setup_analog(cfg, nonidealities, enabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return self._conv_forward(x, self.weight, self.bias)
-        two_d = self.dims == 2
-        x4 = x if two_d else x.unsqueeze(-2)
-        k = self.kernel_size if two_d else (1, self.kernel_size[0])
-        pad = self.padding if two_d else (0, self.padding[0])
-        stride = self.stride if two_d else (1, self.stride[0])
-        dil = self.dilation if two_d else (1, self.dilation[0])
-        cols = F.unfold(x4, k, dilation=dil, padding=pad, stride=stride)           # (N, C*k, L)
-        n, ck, positions = cols.shape
-        y = self._analog(cols.transpose(1, 2).reshape(n * positions, ck), self.weight.reshape(self.out_channels, -1).t())
-        h_out = (x4.shape[-2] + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // stride[0] + 1
-        w_out = (x4.shape[-1] + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // stride[1] + 1
-        y = y.reshape(n, h_out, w_out, self.out_channels).permute(0, 3, 1, 2)
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1, 1)
-        return y if two_d else y.squeeze(-2)
+        y = conv_as_matmul(self, x, lambda p: self._analog(p, self.weight.reshape(self.out_channels, -1).t()))
+        return y if self.bias is None else y + self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
 
 
 class AnalogConv1d(_AnalogConv, nn.Conv1d):
     """``nn.Conv1d`` (groups=1, zero padding) computed through :func:`analog_matmul` while enabled."""
 
-    dims = 1
-
-    def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
-                 enabled: bool = True, **kw):
-        nn.Conv1d.__init__(self, *args, **kw)
-        self._setup_analog(cfg, nonidealities, enabled)
-
 
 class AnalogConv2d(_AnalogConv, nn.Conv2d):
     """``nn.Conv2d`` (groups=1, zero padding) computed through :func:`analog_matmul` while enabled."""
-
-    dims = 2
-
-    def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
-                 enabled: bool = True, **kw):
-        nn.Conv2d.__init__(self, *args, **kw)
-        self._setup_analog(cfg, nonidealities, enabled)
 
 
 def _analog_twin(mod: nn.Module, cfg: ChipConfig, ni: Nonidealities, enabled: bool) -> nn.Module | None:

@@ -24,6 +24,7 @@ from ..backends import Backend
 from ..datasets import Split
 from ..deployment import Deployment, compile as compile_model
 from ..errors import CompileError, ConfigError
+from .analog import conv_as_matmul
 
 __all__ = ["ChipInTheLoop"]
 
@@ -87,16 +88,7 @@ class ChipInTheLoop:
                 y = y.reshape(*out.shape)
                 bias_shape = (1,) * (out.ndim - 1) + (-1,)
             else:
-                two_d = isinstance(mod, nn.Conv2d)
-                x4 = x if two_d else x.unsqueeze(-2)
-                k = mod.kernel_size if two_d else (1, mod.kernel_size[0])
-                pad = mod.padding if two_d else (0, mod.padding[0])
-                stride = mod.stride if two_d else (1, mod.stride[0])
-                dil = mod.dilation if two_d else (1, mod.dilation[0])
-                cols = F.unfold(x4, k, dilation=dil, padding=pad, stride=stride)
-                n, ck, positions = cols.shape
-                y = self.deployment.layer_vmm(name, cols.transpose(1, 2).reshape(n * positions, ck), self.backend) / scale
-                y = y.reshape(n, positions, -1).transpose(1, 2).reshape(*out.shape)
+                y = conv_as_matmul(mod, x, lambda p: self.deployment.layer_vmm(name, p, self.backend) / scale)
                 bias_shape = (1, -1) + (1,) * (out.ndim - 2)
             if mod.bias is not None:
                 y = y + mod.bias.detach().to(torch.float64).reshape(bias_shape)
