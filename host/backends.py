@@ -64,6 +64,13 @@ def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:
     return 0.0 if m == 1 else 1.0 / (2 * m)
 
 
+def _check_adc(cfg: ChipConfig, gain: int, offset: int) -> None:
+    half = 1 << (cfg.adc.bits - 1)
+    for name, v, lo, hi in (("gain", gain, 1, 255), ("offset", offset, -half, half - 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise InputRangeError(f"ADC {name} must be an integer in {lo}..{hi}, got {v!r}")
+
+
 class CellJobs:
     """Cells to program on one tile: parallel int64 arrays ``row``, ``unit``, ``cell``,
     ``target`` (state LSBs) and ``tol``."""
@@ -98,6 +105,11 @@ class Backend:
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         """ADC registers of a tile; post-processing bias 0, scale ``post_scale`` on every
         column, no ReLU."""
+        raise NotImplementedError
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        """Only the ADC gain (integration time) and offset registers of a tile: what the
+        runtime rewrites between layers that share a tile but were tuned differently."""
         raise NotImplementedError
 
     def write_verify(self, tile: int, jobs: CellJobs, max_pulses: int, amp_start: int, amp_step: int,
@@ -180,10 +192,16 @@ class GoldenBackend(Backend):
         self.soc.reseed(seed)
 
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
-        self._check_tile(tile)
+        self.set_adc(tile, adc_gain, adc_offset)
         g = self.soc.tiles[tile]
-        g.adc_gain, g.adc_offset, g.relu = int(adc_gain), int(adc_offset), False
+        g.relu = False
         g.set_post(*_neutral_post(self.cfg, post_scale))
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        self._check_tile(tile)
+        _check_adc(self.cfg, adc_gain, adc_offset)
+        g = self.soc.tiles[tile]
+        g.adc_gain, g.adc_offset = int(adc_gain), int(adc_offset)
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))
@@ -212,19 +230,21 @@ class EmulatorBackend(Backend):
 
     ``mode`` "physical" or "datapath" (see :class:`TileEmulator`); ``t`` the read time in
     seconds after programming (drift; default ``device.drift_t0_s``); ``drift_compensation``
-    the global compensation of Joshi et al. 2020; ``dtype``/``device`` of the tensors.
+    the global compensation of Joshi et al. 2020; ``ir_drop`` the IR-drop model ("exact",
+    "fast" or "off") when the config's wires have resistance; ``dtype``/``device`` of the tensors.
     """
 
     name = "emulator"
 
     def __init__(self, cfg: ChipConfig, *, mode: str = "physical", t: float | None = None,
-                 drift_compensation: bool = False, dtype: torch.dtype = torch.float64,
+                 drift_compensation: bool = False, ir_drop: str = "exact", dtype: torch.dtype = torch.float64,
                  device: str | torch.device | None = None):
         super().__init__(cfg)
         if mode not in ("physical", "datapath"):
             raise ConfigError(f"emulator mode {mode!r} is not one of physical, datapath")
         self.mode, self.t, self.drift_compensation = mode, t, drift_compensation
-        self.tiles = [TileEmulator(cfg, tile=t_, dtype=dtype, device=device) for t_ in range(cfg.array.tiles)]
+        self.tiles = [TileEmulator(cfg, tile=t_, ir_drop=ir_drop, dtype=dtype, device=device)
+                      for t_ in range(cfg.array.tiles)]
         self.verify_gen = torch.Generator(device=self.tiles[0].device)
 
     def erase(self, tiles, seed: int) -> None:
@@ -245,11 +265,14 @@ class EmulatorBackend(Backend):
         return adc_tie_bias(self.cfg, adc_gain) if self.mode == "datapath" else 0.0
 
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
-        self._check_tile(tile)
+        self.set_adc(tile, adc_gain, adc_offset)
         emu = self.tiles[tile]
-        emu.adc.set_registers(gain=int(adc_gain), offset=int(adc_offset))
         emu.relu = False
         emu.set_post(*_neutral_post(self.cfg, post_scale))
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        self._check_tile(tile)
+        self.tiles[tile].adc.set_registers(gain=int(adc_gain), offset=int(adc_offset))
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         """The ISPP loop of :func:`cimstack.golden.ispp`, on all cells in parallel."""
@@ -314,12 +337,10 @@ class EmulatorBackend(Backend):
 
     def vmm(self, tile, x, mode=None):
         self._check_tile(tile)
-        if mode not in (None, self.cfg.input.mode):
-            raise ConfigError(f"the emulator runs the config's input mode {self.cfg.input.mode!r}, not {mode!r}")
         emu = self.tiles[tile]
         xt = torch.as_tensor(np.asarray(x, dtype=np.int64), device=emu.device)
         outs = [emu.vmm(xt[i:i + _CHUNK], mode=self.mode, t=None if self.mode == "datapath" else self.t,
-                        drift_compensation=self.drift_compensation) for i in range(0, len(xt), _CHUNK)]
+                        drift_compensation=self.drift_compensation, input_mode=mode) for i in range(0, len(xt), _CHUNK)]
         return torch.cat(outs).to(torch.float64) if outs else torch.zeros((0, self.cfg.array.cols), dtype=torch.float64)
 
 
@@ -362,6 +383,9 @@ class DeviceBackend(Backend):
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         self.dev.set_tile_regs(tile, adc_gain, adc_offset, False)
         self.dev.set_post(tile, *_neutral_post(self.cfg, post_scale))
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        self.dev.set_adc(tile, adc_gain, adc_offset)
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         job_list = jobs.jobs(self.cfg)

@@ -25,8 +25,11 @@ from .config import ChipConfig
 from .errors import CompileError, ConfigError, InputRangeError, ProgrammingError
 from .mapper import MappedLayer, calibrate, map_layer
 from .mapping import pulse_weights, slice_weights, weights_to_codes
+from .physics.devices import level_step_us
+from .physics.irdrop import compensate
 from .placer import Placement, place
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+from .tuning.settings import LayerSetting, Settings
 
 __all__ = ["compile", "Deployment", "LayerProgramStats", "ProgramReport"]
 
@@ -82,16 +85,49 @@ class Deployment:
     """A compiled model: the IR, its mapped layers and their placement on one chip config."""
 
     def __init__(self, cfg: ChipConfig, graph: Graph, layers: list[MappedLayer], placement: Placement,
-                 seed: int, input_shape: tuple[int, ...]):
+                 seed: int, input_shape: tuple[int, ...], *, ir_compensation: bool | None = None):
         self.cfg, self.graph, self.layers, self.placement, self.seed = cfg, graph, layers, placement, seed
         self.input_shape = tuple(input_shape)         # one sample, as in the calibration batch
         self.by_name = {layer.name: layer for layer in layers}
         # post-processing passes the column sums through: scale 2**shift undoes the fixed
         # shift where the scale register is wide enough (else the shift's loss is dequantised)
-        post_scale = min(1 << cfg.post.shift, (1 << cfg.post.scale_bits) - 1)
-        self.tile_registers = {t: {"adc_gain": cfg.adc.gain, "adc_offset": cfg.adc.offset, "post_scale": post_scale}
-                               for t in placement.tiles_used}
+        self.post_scale = min(1 << cfg.post.shift, (1 << cfg.post.scale_bits) - 1)
+        # weight-mapping correction of IR drop: on by default where the wires have resistance
+        self.ir_compensation = cfg.device.wire_resistance_ohm > 0 if ir_compensation is None else bool(ir_compensation)
+        if self.ir_compensation and cfg.device.wire_resistance_ohm <= 0:
+            raise ConfigError("ir_compensation needs device.wire_resistance_ohm > 0 (ideal wires have no IR drop)")
+        self.tile_gain = {t: 1.0 for t in placement.tiles_used}     # analog gain left by the IR correction
+        self._targets: dict[int, np.ndarray] = {}
+        self._adc_loaded: dict[tuple[int, int], tuple[int, int]] = {}
         self.backend: Backend | None = None
+
+    # -- per-layer settings --------------------------------------------------------------------
+    def settings(self, **info) -> Settings:
+        """The per-layer hardware settings this deployment runs with (what tuning changes)."""
+        return Settings(self.cfg.name, self.cfg.datapath.config_hash,
+                        {layer.name: LayerSetting(int(layer.adc_gain), int(layer.adc_offset), layer.mode,
+                                                  float(layer.x_range), layer.copies) for layer in self.layers},
+                        dict(info))
+
+    def apply(self, settings: Settings) -> None:
+        """Run with ``settings`` (ADC registers, input modes and ranges of every layer they name).
+
+        Weight copies change the placement, so they must already match: compile with
+        ``compile(..., settings=settings)`` to take them too.
+        """
+        settings.check(self.cfg)
+        unknown = set(settings.layers) - set(self.by_name)
+        if unknown:
+            raise ConfigError(f"settings name layer(s) {', '.join(sorted(unknown))} this deployment does not have")
+        for name, s in settings.layers.items():
+            layer = self.by_name[name]
+            if s.copies != layer.copies:
+                raise ConfigError(f"layer {name}: settings ask for {s.copies} weight copies, the deployment was "
+                                  f"compiled with {layer.copies}; compile with settings= to change the placement")
+        for name, s in settings.layers.items():
+            layer = self.by_name[name]
+            layer.adc_gain, layer.adc_offset = s.adc_gain, s.adc_offset
+            layer.set_inputs(self.cfg, s.x_range, s.mode)
 
     # -- what goes on each tile ----------------------------------------------------------------
     def tile_weights(self, tile: int) -> np.ndarray:
@@ -113,8 +149,6 @@ class Deployment:
         same half-level offset on both cells of a pair (it cancels).
         """
         dp, frac = self.cfg.datapath, self.cfg.cell.frac_bits
-        pos, neg = weights_to_codes(self.tile_weights(tile), self.cfg)
-        codes = np.stack([pos, neg], axis=-1)[..., :dp.cells_per_unit]          # (rows, units, cells)
         half = (1 << (frac - 1)) if frac else 0
         tol = max(half - 1, 0) if tol is None else tol
         if not 0 <= tol <= 255:
@@ -130,8 +164,46 @@ class Deployment:
         if not rows:
             return CellJobs([], [], [], [], [])
         r, u, c = (np.concatenate(v) for v in (rows, units, cells))
-        target = (codes[r, u, c] << frac) + half
+        target = self.cell_targets(tile)[r, u, c]
         return CellJobs(r, u, c, target, np.full_like(target, tol))
+
+    def cell_targets(self, tile: int) -> np.ndarray:
+        """Write-verify target of every cell of a tile (rows, units, cells), state LSBs.
+
+        The centre of each cell's code bin; with IR-drop compensation, the state whose
+        conductance makes the array with resistive wires behave like the uncompensated one
+        times :attr:`tile_gain` (:func:`cimstack.physics.irdrop.compensate`). Cells no
+        block uses stay erased (state 0) and are not moved by the correction.
+        """
+        if tile not in self._targets:
+            cfg, dp, frac = self.cfg, self.cfg.datapath, self.cfg.cell.frac_bits
+            half = (1 << (frac - 1)) if frac else 0
+            pos, neg = weights_to_codes(self.tile_weights(tile), cfg)
+            codes = np.stack([pos, neg], axis=-1)[..., :dp.cells_per_unit]          # (rows, units, cells)
+            target = (codes << frac) + half
+            used = np.zeros(codes.shape, dtype=bool)
+            for layer in self.layers:
+                for b in layer.blocks:
+                    if b.tile == tile:
+                        used[b.row:b.row + b.rows, b.col * dp.slices:(b.col + b.cols) * dp.slices] = True
+            target = np.where(used, target, 0)
+            if self.ir_compensation:
+                target, self.tile_gain[tile] = self._compensate(target, used)
+            self._targets[tile] = target
+        return self._targets[tile]
+
+    def _compensate(self, target: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, float]:
+        """IR-drop weight-mapping correction of one tile's targets (physical column order:
+        the (units, cells) axes flattened is the order along the word lines)."""
+        cfg, frac = self.cfg, float(1 << self.cfg.cell.frac_bits)
+        d, step = cfg.device, level_step_us(cfg)
+        state_max = (1 << cfg.datapath.state_bits) - 1
+        rows = target.shape[0]
+        g0 = d.g_min_us + target.reshape(rows, -1) / frac * step
+        corr = compensate(g0, d.wire_resistance_ohm, d.wire_resistance_ohm, d.g_min_us + state_max / frac * step,
+                          g_min=d.g_min_us, fixed=~used.reshape(rows, -1))
+        state = np.clip(np.round((corr.g - d.g_min_us) / step * frac), 0, state_max).astype(np.int64)
+        return np.where(used, state.reshape(target.shape), target), corr.gain
 
     # -- programming ---------------------------------------------------------------------------
     def program(self, backend: Backend, *, max_pulses: int = 100, amp_start: int = 1, amp_step: int = 1,
@@ -151,7 +223,8 @@ class Deployment:
         tiles = self.placement.tiles_used
         backend.erase(tiles, self.seed)
         for t in tiles:
-            backend.configure_tile(t, **self.tile_registers[t])
+            backend.configure_tile(t, self.cfg.adc.gain, self.cfg.adc.offset, self.post_scale)
+            self._adc_loaded[(id(backend), t)] = (self.cfg.adc.gain, self.cfg.adc.offset)
         report = ProgramReport(backend.name)
         work = [(layer, t) for layer in self.layers for t in sorted({b.tile for b in layer.blocks})]
         bar = _progress(len(work), "write-verify", progress)
@@ -242,20 +315,28 @@ class Deployment:
         rows = self.cfg.array.rows
         conversions = float(pulse_weights(self.cfg, layer.mode).sum() * slice_weights(self.cfg).sum())
         y = torch.zeros((x2d.shape[0], layer.out_features), dtype=torch.float64)
+        post = self.post_scale / (1 << self.cfg.post.shift)
+        # every conversion's ADC offset and mean rounding error, through the shift-add and post scale
+        offset = (be.rounding_bias(layer.adc_gain) + layer.adc_offset) * conversions * post
         for p in self.placement.passes[layer.name]:
             xin = np.zeros((len(xq), rows), dtype=np.int64)
             for b in p.blocks:
                 xin[:, b.row:b.row + b.rows] = xq[:, b.in0:b.in0 + b.rows]
-            regs = self.tile_registers[p.tile]
-            post = regs["post_scale"] / (1 << self.cfg.post.shift)
-            # every conversion's mean rounding error, through the shift-add and post scale
-            offset = be.rounding_bias(regs["adc_gain"]) * conversions * post
+            self._load_adc(be, p.tile, layer)
             out = be.vmm(p.tile, xin, layer.mode) - offset
-            # output units back to column-sum units: undo the ADC gain and the post scale/shift
-            scale = ((1 << self.cfg.adc.gain_shift) / regs["adc_gain"]) / post
+            # output units back to column-sum units: undo the ADC gain, the post scale/shift
+            # and the analog gain the IR-drop correction left
+            scale = ((1 << self.cfg.adc.gain_shift) / layer.adc_gain) / post / self.tile_gain.get(p.tile, 1.0)
             for b in p.blocks:
                 y[:, b.out0:b.out0 + b.cols] += out[:, b.col:b.col + b.cols] * scale
         return y * (layer.x_scale / layer.copies) * torch.as_tensor(layer.w_scale)
+
+    def _load_adc(self, be: Backend, tile: int, layer: MappedLayer) -> None:
+        """Write the layer's ADC registers into the tile unless they are already there."""
+        want = (int(layer.adc_gain), int(layer.adc_offset))
+        if self._adc_loaded.get((id(be), tile)) != want:
+            be.set_adc(tile, *want)
+            self._adc_loaded[(id(be), tile)] = want
 
     def accuracy(self, x, y, backend: Backend | None = None) -> float:
         """Top-1 accuracy of :meth:`run` against integer labels ``y``."""
@@ -278,7 +359,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", weight_scale: str = "per_column",
-            copies: int | dict[str, int] = 1, percentile: float = 99.0, seed: int | None = None) -> Deployment:
+            copies: int | dict[str, int] = 1, percentile: float = 99.0, seed: int | None = None,
+            settings: Settings | str | None = None, ir_compensation: bool | None = None) -> Deployment:
     """Import, quantise, tile and place ``model`` (a ``torch.nn.Module``, an ONNX model or
     file, or a CIM IR :class:`Graph`) for the chip ``config``.
 
@@ -288,7 +370,10 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
     model, none lost elsewhere) and to count VMMs per sample for the cost model. Layers trained
     with :mod:`cimstack.training` keep the input range they learned. ``copies``: weight copies per layer (an int for all, or {layer: n}).
     ``strategy``: placement (:data:`cimstack.placer.STRATEGIES`). ``seed``: the chip
-    instance and noise seed used when programming (default ``config.seed``).
+    instance and noise seed used when programming (default ``config.seed``). ``settings``:
+    per-layer hardware settings (:class:`~cimstack.tuning.Settings` or the path of a saved
+    one, e.g. from :mod:`cimstack.tuning`), copies included. ``ir_compensation``: correct
+    the weights for IR drop when programming (default: when the config's wires have resistance).
     """
     if not isinstance(config, ChipConfig):
         raise ConfigError(f"compile needs a ChipConfig, got {type(config).__name__}")
@@ -304,6 +389,11 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
         ranges, calls = calibrate(graph, example, percentile)
     except (RuntimeError, IndexError) as exc:
         raise CompileError(f"running {graph.name} on the example inputs of shape {tuple(example.shape)} failed: {exc}") from exc
+    if settings is not None:
+        if not isinstance(settings, Settings):
+            settings = Settings.load(settings)
+        settings.check(config)
+        copies = {name: s.copies for name, s in settings.layers.items()}
     if isinstance(copies, dict):
         unknown = set(copies) - {n.name for n in graph.analog_nodes()}
         if unknown:
@@ -317,4 +407,8 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
         layer.calls_per_sample = calls.get(node.name, 1.0)
         layers.append(layer)
     placement = place(layers, config, strategy)
-    return Deployment(config, graph, layers, placement, config.seed if seed is None else seed, example.shape[1:])
+    dep = Deployment(config, graph, layers, placement, config.seed if seed is None else seed, example.shape[1:],
+                     ir_compensation=ir_compensation)
+    if settings is not None:
+        dep.apply(settings)
+    return dep

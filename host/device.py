@@ -88,6 +88,11 @@ class Device:
         self.write_memory(f"TILE{tile}_POST", 0, words)
 
     def set_tile_regs(self, tile: int, adc_gain: int, adc_offset: int, relu: bool) -> None:
+        self.set_adc(tile, adc_gain, adc_offset)
+        self.write(f"TILE{tile}_RELU", relu=int(bool(relu)))
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        """The tile's ADC gain (integration time) and offset registers."""
         self._tile(tile)
         a = self.cfg.adc
         lo, hi = -(1 << (a.bits - 1)), (1 << (a.bits - 1)) - 1
@@ -95,7 +100,6 @@ class Device:
             raise InputRangeError(f"tile {tile}: adc_gain {adc_gain} (1..255) / adc_offset {adc_offset} ({lo}..{hi})")
         self.write(f"TILE{tile}_ADC_GAIN", gain=int(adc_gain))
         self.write(f"TILE{tile}_ADC_OFFSET", offset=int(adc_offset))
-        self.write(f"TILE{tile}_RELU", relu=int(bool(relu)))
 
     # -- memories ------------------------------------------------------------------------------
     def write_memory(self, space: str, addr: int, words) -> None:

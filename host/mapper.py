@@ -79,11 +79,23 @@ class MappedLayer:
     copies: int
     blocks: list[Block]
     mode: str                    # input mode of this layer's VMMs
+    adc_gain: int = 0            # ADC registers while this layer's VMMs run (tuned per layer)
+    adc_offset: int = 0
     calls_per_sample: float = 1.0    # VMM rows per inference sample (conv positions, RNN steps)
 
     @property
     def name(self) -> str:
         return self.node.name
+
+    def set_inputs(self, cfg: ChipConfig, x_range: float | None = None, mode: str | None = None) -> None:
+        """Change the input range (input scaling) and/or input mode; the step follows both."""
+        if mode is not None:
+            self.mode = cfg.datapath.mode(mode).name
+        if x_range is not None:
+            if not (isinstance(x_range, (int, float, np.floating)) and np.isfinite(x_range) and x_range > 0):
+                raise ConfigError(f"layer {self.name}: input range {x_range!r} must be a positive number")
+            self.x_range = float(x_range)
+        self.x_scale = self.x_range / cfg.datapath.mode(self.mode).in_max
 
     def quantised_matrix(self) -> np.ndarray:
         """The integer matrix the blocks of copy 0 hold, assembled (in_features, out_features)."""
@@ -141,7 +153,8 @@ def map_layer(node: Node, cfg: ChipConfig, x_range: float, *, weight_scale: str 
             for out0, cols in even_splits(out_f, cfg.array.cols):
                 blocks.append(Block(node.name, len(blocks), c, in0, rows, out0, cols,
                                     w_int[in0:in0 + rows, out0:out0 + cols].copy()))
-    return MappedLayer(node, in_f, out_f, w_scale, float(x_range), float(x_scale), copies, blocks, md.name)
+    return MappedLayer(node, in_f, out_f, w_scale, float(x_range), float(x_scale), copies, blocks, md.name,
+                       cfg.adc.gain, cfg.adc.offset)
 
 
 def calibrate(graph: Graph, x, percentile: float = 100.0) -> tuple[dict[str, float], dict[str, float]]:

@@ -36,15 +36,15 @@ def floor_ste(v: torch.Tensor) -> torch.Tensor:
     return v + (torch.floor(v) - v).detach()
 
 
-def input_range(cfg: ChipConfig) -> tuple[int, int]:
-    """Smallest and largest integer input (unary inputs are symmetric: no ``-2**(b-1)``)."""
-    bits = cfg.input.bits
-    lo = -(1 << (bits - 1)) + (1 if cfg.input.mode == "unary" else 0)
-    return lo, (1 << (bits - 1)) - 1
+def input_range(cfg: ChipConfig, mode: str | None = None) -> tuple[int, int]:
+    """Smallest and largest integer input of input ``mode`` (default: the config's; unary
+    inputs are symmetric: no ``-2**(b-1)``)."""
+    md = cfg.datapath.mode(mode)
+    return md.in_min, md.in_max
 
 
 def as_input_tensor(x, cfg: ChipConfig, dtype: torch.dtype = torch.float64,
-                    device: torch.device | str | None = None) -> torch.Tensor:
+                    device: torch.device | str | None = None, mode: str | None = None) -> torch.Tensor:
     """Validate integer-valued inputs of shape ``(rows,)`` or ``(batch, rows)``.
 
     Returns a float tensor (keeping the autograd graph of a float tensor handed in), so the
@@ -69,10 +69,10 @@ def as_input_tensor(x, cfg: ChipConfig, dtype: torch.dtype = torch.float64,
             raise InputRangeError("inputs contain NaN or infinity")
         if (t != torch.floor(t)).any():
             raise InputRangeError("inputs must hold integers (quantise floats with Dac.quantize first)")
-        lo, hi = input_range(cfg)
+        lo, hi = input_range(cfg, mode)
         if t.numel() and (t.min() < lo or t.max() > hi):
             raise InputRangeError(f"inputs span [{t.min().item():g}, {t.max().item():g}], outside [{lo}, {hi}] "
-                                  f"for {cfg.input.bits}-bit {cfg.input.mode} inputs")
+                                  f"for {cfg.input.bits}-bit {cfg.datapath.mode(mode).name} inputs")
     return t
 
 
@@ -88,7 +88,6 @@ class Dac:
 
     def __init__(self, cfg: ChipConfig):
         self.cfg = cfg
-        self.pulse_weights = [int(v) for v in pulse_weights(cfg)]
 
     def quantize(self, x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         """Real-valued activations to integer inputs ``clamp(round(x / scale))`` with STE.
@@ -98,27 +97,29 @@ class Dac:
         lo, hi = input_range(self.cfg)
         return torch.clamp(round_half_up(x / scale), lo, hi)
 
-    def digits(self, x: torch.Tensor) -> torch.Tensor:
-        """Signed pulse digits, shape ``(pulses, *x.shape)``, in pulse order.
+    def digits(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """Signed pulse digits, shape ``(pulses, *x.shape)``, in pulse order, for input
+        ``mode`` (default: the config's; every mode a VMM may select is available).
 
         The forward values are exact; the backward pass gives pulse ``p`` the gradient
         ``1 / (pulses * w_p)`` of ``x`` so that the weighted digit sum ``sum_p w_p d_p = x``
         has gradient one (a straight-through estimator of the decomposition).
         """
-        cfg, dp = self.cfg, self.cfg.datapath
+        md = self.cfg.datapath.mode(mode)
         xd = x.detach()
-        if cfg.input.mode == "unary":
-            k = torch.arange(dp.pulses, dtype=x.dtype, device=x.device).reshape((-1,) + (1,) * x.ndim)
+        if md.name == "unary":
+            k = torch.arange(md.pulses, dtype=x.dtype, device=x.device).reshape((-1,) + (1,) * x.ndim)
             d = torch.where(xd.abs().unsqueeze(0) > k, torch.sign(xd).unsqueeze(0), torch.zeros((), dtype=x.dtype, device=x.device))
         else:
-            db = cfg.input.dac_bits
+            db = md.pulse_shift
             planes = []
-            for p in range(dp.pulses - 1):          # a handful of pulses: not a per-element loop
+            for p in range(md.pulses - 1):          # a handful of pulses: not a per-element loop
                 planes.append(torch.remainder(torch.floor(xd / float(1 << (p * db))), float(1 << db)))
-            planes.append(torch.floor(xd / float(1 << ((dp.pulses - 1) * db))))   # signed top digit
+            planes.append(torch.floor(xd / float(1 << ((md.pulses - 1) * db))))   # signed top digit
             d = torch.stack(planes)
         if x.requires_grad:
-            c = torch.tensor([1.0 / (dp.pulses * w) for w in self.pulse_weights], dtype=x.dtype, device=x.device)
+            c = torch.tensor([1.0 / (md.pulses * int(w)) for w in pulse_weights(self.cfg, md.name)],
+                             dtype=x.dtype, device=x.device)
             c = c.reshape((-1,) + (1,) * x.ndim)
             d = d + c * (x - xd).unsqueeze(0)
         return d
@@ -179,14 +180,14 @@ class Adc:
         return dp.groups * dp.pulses * self.cfg.array.adc_share
 
 
-def shift_add(codes: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
-    """Shift-accumulate ADC codes ``(pulses, batch, units)`` into columns ``(batch, cols)``.
+def shift_add(codes: torch.Tensor, cfg: ChipConfig, mode: str | None = None) -> torch.Tensor:
+    """Shift-accumulate ADC codes ``(pulses, batch, units)`` of input ``mode`` into columns ``(batch, cols)``.
 
     ``y[j] = sum_s sum_p code[p, j*slices + s] * 2**(p*pulse_shift) * 2**(s*cell_bits)``:
     the golden model's shift-accumulator and slice combiner as one weighted sum.
     """
     dp = cfg.datapath
-    pw = torch.as_tensor(pulse_weights(cfg), dtype=codes.dtype, device=codes.device)
+    pw = torch.as_tensor(pulse_weights(cfg, mode), dtype=codes.dtype, device=codes.device)
     acc = torch.einsum("pbu,p->bu", codes, pw)
     acc = acc.reshape(acc.shape[0], cfg.array.cols, dp.slices)
     sw = torch.as_tensor(slice_weights(cfg), dtype=codes.dtype, device=codes.device)

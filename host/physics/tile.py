@@ -24,11 +24,13 @@ IR drop hook
     The physical mode computes bit-line currents with one pluggable function
     ``column_currents(v, G) -> I``: ``v`` (..., rows) word-line voltages in V, ``G``
     (rows, n_phys) the whole physical array in µS, ``I`` (..., n_phys) bit-line currents in
-    µA. The default :func:`ideal_column_currents` is ``v @ G`` (ideal wires). The physical
-    column order is that of :meth:`TileEmulator.physical_conductances`: differential pairs
-    interleaved ``[u0+, u0-, u1+, u1-, ...]``, or for the offset scheme the ``units`` cells
-    followed by the reference column. A nodal-analysis IR-drop solver (using
-    ``device.wire_resistance_ohm``) plugs in here without touching the rest of the model.
+    µA. With ideal wires (``device.wire_resistance_ohm = 0``) it is
+    :func:`ideal_column_currents`, ``v @ G``; otherwise :class:`~cimstack.physics.irdrop.IrDrop`
+    with that resistance per word- and bit-line segment (``ir_drop="exact"``, nodal analysis,
+    the default; or ``"fast"``, the first-order model). The physical column order, which is
+    the order along the word lines, is that of :meth:`TileEmulator.physical_conductances`:
+    differential pairs interleaved ``[u0+, u0-, u1+, u1-, ...]``, or for the offset scheme
+    the ``units`` cells followed by the reference column.
     Per-read device noise is added in output space (exact for a linear ``column_currents``);
     with ``read_noise="per_call"`` it is drawn on the conductances instead and passes through
     the solver.
@@ -46,6 +48,7 @@ from ..golden import STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE, GoldenTile
 from ..mapping import check_post_params, slice_weights, weights_to_codes
 from .converters import Adc, Dac, as_input_tensor, post_process, shift_add
 from .devices import DeviceModel, level_step_us, seed_for
+from .irdrop import IR_MODELS, IrDrop
 
 __all__ = ["ColumnCurrents", "ideal_column_currents", "TileEmulator"]
 
@@ -81,7 +84,9 @@ class TileEmulator:
     seed : seeds the programming, read and pulse generators (independent streams derived
         from ``(seed, tile, stream)``); defaults to ``cfg.seed``.
     tile : tile index, only used to derive the generator streams.
-    column_currents : the crossbar solver (IR-drop hook), default :func:`ideal_column_currents`.
+    column_currents : the crossbar solver (IR-drop hook); by default chosen by ``ir_drop``.
+    ir_drop : ``"exact"`` (default) or ``"fast"``: the IR-drop model used when the config's
+        wires have resistance (``device.wire_resistance_ohm > 0``); ``"off"`` ignores it.
     read_noise : ``"per_read"`` draws device read noise afresh for every input and pulse;
         ``"per_call"`` draws one noisy conductance matrix per :meth:`vmm` call (aihwkit's
         convention of one noise draw per evaluation time).
@@ -90,19 +95,24 @@ class TileEmulator:
     """
 
     def __init__(self, cfg: ChipConfig, seed: int | None = None, *, tile: int = 0,
-                 column_currents: ColumnCurrents | None = None, read_noise: str = "per_read",
+                 column_currents: ColumnCurrents | None = None, ir_drop: str = "exact", read_noise: str = "per_read",
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
         if not isinstance(cfg, ChipConfig):
             raise ConfigError(f"TileEmulator needs a ChipConfig, got {type(cfg).__name__}")
         if column_currents is not None and not callable(column_currents):
             raise ConfigError("column_currents must be a callable (v, G) -> I")
+        if ir_drop not in IR_MODELS + ("off",):
+            raise ConfigError(f"ir_drop = {ir_drop!r} is not one of {', '.join(IR_MODELS + ('off',))}")
         if read_noise not in _READ_NOISE:
             raise ConfigError(f"read_noise = {read_noise!r} is not one of {', '.join(_READ_NOISE)}")
         if dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.cfg, self.tile = cfg, tile
         self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
-        self.column_currents: ColumnCurrents = column_currents or ideal_column_currents
+        r_wire = cfg.device.wire_resistance_ohm
+        if column_currents is None:
+            column_currents = IrDrop(r_wire, r_wire, ir_drop) if r_wire > 0 and ir_drop != "off" else ideal_column_currents
+        self.column_currents: ColumnCurrents = column_currents
         self.read_noise = read_noise
         self.devices = DeviceModel(cfg)
         self.dac, self.adc = Dac(cfg), Adc(cfg)
@@ -331,16 +341,16 @@ class TileEmulator:
     # -- inference -------------------------------------------------------------------------
     def analog_sums(self, x, *, mode: str = "physical", t: float | None = None, noise: bool = True,
                     drift_compensation: bool = False, integer_noise: bool = True,
-                    conductances=None) -> torch.Tensor:
+                    conductances=None, input_mode: str | None = None) -> torch.Tensor:
         """Per-pulse, per-unit column sums in code units before the ADC: (pulses, batch, units).
 
         Inputs ``x`` of shape (batch, rows) (or (rows,)); see :meth:`vmm` for the arguments.
         """
         if mode not in _MODES:
             raise ConfigError(f"mode = {mode!r} is not one of {', '.join(_MODES)}")
-        xt = as_input_tensor(x, self.cfg, self.dtype, self.device)
+        xt = as_input_tensor(x, self.cfg, self.dtype, self.device, input_mode)
         xb = xt.reshape(-1, self.cfg.array.rows)
-        digits = self.dac.digits(xb)                                     # (P, B, R)
+        digits = self.dac.digits(xb, input_mode)                         # (P, B, R)
         dev = self.cfg.device
         if mode == "datapath":
             if t is not None or drift_compensation or conductances is not None:
@@ -387,7 +397,8 @@ class TileEmulator:
         return n_u - n_r                                               # the reference noise is shared
 
     def vmm(self, x, *, mode: str = "physical", t: float | None = None, noise: bool = True,
-            drift_compensation: bool = False, integer_noise: bool = True, conductances=None) -> torch.Tensor:
+            drift_compensation: bool = False, integer_noise: bool = True, conductances=None,
+            input_mode: str | None = None) -> torch.Tensor:
         """One VMM per input row: ADC codes, shift-add and post-processing, like the chip.
 
         Parameters
@@ -403,6 +414,8 @@ class TileEmulator:
             the RTL does.
         conductances : physical mode: a (G+, G-) pair in µS replacing the programmed array
             (for training; gradients flow to it). Stuck flags and drift exponents still apply.
+        input_mode : how inputs become pulses (a name in ``cfg.datapath.modes``; default the
+            config's ``input.mode``), selectable per VMM as on the chip.
 
         Returns
         -------
@@ -410,8 +423,8 @@ class TileEmulator:
         """
         single = (x.ndim if isinstance(x, torch.Tensor) else np.ndim(x)) == 1
         s = self.analog_sums(x, mode=mode, t=t, noise=noise, drift_compensation=drift_compensation,
-                             integer_noise=integer_noise, conductances=conductances)
-        y = shift_add(self.adc(s), self.cfg)
+                             integer_noise=integer_noise, conductances=conductances, input_mode=input_mode)
+        y = shift_add(self.adc(s), self.cfg, input_mode)
         p = self.cfg.post
         out = post_process(y, self.bias, self.scale, p.shift, self.relu, p.out_bits)
         return out[0] if single else out
