@@ -117,6 +117,11 @@ class Backend:
         """Program cells; per cell (status, pulses, final error in state LSBs)."""
         raise NotImplementedError
 
+    def reseed_noise(self, seed: int) -> None:
+        """Restart the read-noise generators from ``seed`` (cell states are kept), so that
+        runs compared against each other see the same noise draws."""
+        raise NotImplementedError
+
     def vmm(self, tile: int, x: np.ndarray, mode: str | None = None) -> torch.Tensor:
         """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
         raise NotImplementedError
@@ -191,6 +196,9 @@ class GoldenBackend(Backend):
             g.set_state(np.zeros_like(g.state), fabricate(self.cfg, seed, t))
         self.soc.reseed(seed)
 
+    def reseed_noise(self, seed: int) -> None:
+        self.soc.reseed(seed)
+
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         self.set_adc(tile, adc_gain, adc_offset)
         g = self.soc.tiles[tile]
@@ -258,6 +266,10 @@ class EmulatorBackend(Backend):
                 # the reference column sits at the centre of its code bin, like programmed cells
                 emu.ref_state = torch.full_like(emu.ref_state, dp.ref_code * emu.frac_scale + (1 << (frac - 1)))
         self.verify_gen.manual_seed(seed_for(seed, 0, _STREAM_VERIFY))
+
+    def reseed_noise(self, seed: int) -> None:
+        for emu in self.tiles:
+            emu.reseed_reads(seed)
 
     def rounding_bias(self, adc_gain: int) -> float:
         """The datapath twin has integer sums and rounds like the chip; physical column sums
@@ -378,6 +390,9 @@ class DeviceBackend(Backend):
             g = GoldenTile(self.cfg, t)
             g.set_state(np.zeros_like(g.state), fabricate(self.cfg, seed, t))
             self.dev.load_tile(t, g)
+        self.dev.reseed(seed)
+
+    def reseed_noise(self, seed: int) -> None:
         self.dev.reseed(seed)
 
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:

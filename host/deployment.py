@@ -146,11 +146,15 @@ class Deployment:
         A cell of code ``k`` aims at the centre of its code bin, ``k * 2**frac + 2**(frac-1)``,
         within ``tol`` (default ``2**(frac-1) - 1``): every state in the window reads code
         ``k``, and the physics emulator, whose conductance is the continuous state, sees the
-        same half-level offset on both cells of a pair (it cancels).
+        same half-level offset on both cells of a pair (it cancels). With IR-drop correction
+        the targets are the corrected states (:meth:`cell_targets`) and the default ``tol``
+        is 1 state LSB, since the correction is a few per cent of a cell's conductance.
         """
         dp, frac = self.cfg.datapath, self.cfg.cell.frac_bits
         half = (1 << (frac - 1)) if frac else 0
-        tol = max(half - 1, 0) if tol is None else tol
+        if tol is None:
+            # an IR-corrected target is a conductance, not a code bin: program it closely
+            tol = min(1, half - 1) if self.ir_compensation else max(half - 1, 0)
         if not 0 <= tol <= 255:
             raise ConfigError(f"write-verify tolerance {tol} outside 0..255 state LSBs")
         rows, units, cells = [], [], []

@@ -25,7 +25,7 @@ row blocks are added digitally.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from .compiler.ir import Graph, Node, float_vmm
 from .config import ChipConfig
 from .errors import CompileError, ConfigError
 
-__all__ = ["Block", "MappedLayer", "map_layer", "calibrate", "even_splits", "WEIGHT_SCALES"]
+__all__ = ["Block", "MappedLayer", "map_layer", "with_copies", "calibrate", "even_splits", "WEIGHT_SCALES"]
 
 WEIGHT_SCALES = ("per_layer", "per_column")
 
@@ -147,14 +147,26 @@ def map_layer(node: Node, cfg: ChipConfig, x_range: float, *, weight_scale: str 
     if not (np.isfinite(x_range) and x_range > 0):
         x_range = 1.0                                   # an input that is always zero
     x_scale = x_range / md.in_max
+    return MappedLayer(node, in_f, out_f, w_scale, float(x_range), float(x_scale), copies,
+                       _blocks(node.name, w_int, cfg, copies), md.name, cfg.adc.gain, cfg.adc.offset)
+
+
+def _blocks(name: str, w_int: np.ndarray, cfg: ChipConfig, copies: int) -> list[Block]:
+    in_f, out_f = w_int.shape
     blocks = []
     for c in range(copies):
         for in0, rows in even_splits(in_f, cfg.array.rows):
             for out0, cols in even_splits(out_f, cfg.array.cols):
-                blocks.append(Block(node.name, len(blocks), c, in0, rows, out0, cols,
+                blocks.append(Block(name, len(blocks), c, in0, rows, out0, cols,
                                     w_int[in0:in0 + rows, out0:out0 + cols].copy()))
-    return MappedLayer(node, in_f, out_f, w_scale, float(x_range), float(x_scale), copies, blocks, md.name,
-                       cfg.adc.gain, cfg.adc.offset)
+    return blocks
+
+
+def with_copies(layer: MappedLayer, cfg: ChipConfig, copies: int) -> MappedLayer:
+    """The same quantised layer and settings with ``copies`` weight copies (blocks unplaced)."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ConfigError(f"layer {layer.name}: copies = {copies!r} must be a positive integer")
+    return replace(layer, copies=copies, blocks=_blocks(layer.name, layer.quantised_matrix(), cfg, copies))
 
 
 def calibrate(graph: Graph, x, percentile: float = 100.0) -> tuple[dict[str, float], dict[str, float]]:

@@ -145,6 +145,10 @@ class TileEmulator:
             g.manual_seed(seed_for(self.seed, self.tile, stream))
             self.gens[name] = g
 
+    def reseed_reads(self, seed: int) -> None:
+        """Restart only the read-noise generator (as :meth:`reseed` would), keeping the others."""
+        self.gens["read"].manual_seed(seed_for(int(seed), self.tile, _STREAM_READ))
+
     def set_post(self, bias=None, scale=None) -> None:
         """Per-column post-processing bias and scale registers (same ranges as the RTL)."""
         for name, arr in check_post_params(bias, scale, self.cfg).items():

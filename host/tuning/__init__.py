@@ -1,4 +1,10 @@
-"""Automatic tuning of the hardware parameters of a deployment (see :mod:`.tuner`)."""
+"""Automatic tuning of a deployment's hardware parameters (:mod:`.tuner`): per-layer ADC gain
+and offset, input mode, input scaling and weight copies, searched by a genetic algorithm or
+coordinate search (:mod:`.search`), first on the emulator, then on the chip; the result is a
+:class:`Settings` that is saved with the deployment (:mod:`.settings`)."""
+from .search import SEARCHERS, SearchResult, coordinate, genetic
 from .settings import LayerSetting, Settings
+from .tuner import LayerReport, LayerScore, Tuner, TuningReport
 
-__all__ = ["LayerSetting", "Settings"]
+__all__ = ["Tuner", "TuningReport", "LayerReport", "LayerScore", "LayerSetting", "Settings", "genetic",
+           "coordinate", "SEARCHERS", "SearchResult"]
