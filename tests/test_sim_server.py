@@ -397,3 +397,39 @@ def test_chip_in_the_loop_on_the_chip_equals_golden(server, small_mlp):
     assert results["chip"]["test_accuracy"] == results["golden"]["test_accuracy"]
     assert all(torch.equal(a, b) for a, b in zip(params["chip"], params["golden"]))
     assert not torch.equal(params["chip"][1], small_mlp[0].fc1.bias.detach())     # the biases moved
+
+
+# -- tuning refined on the simulated chip -----------------------------------------------------------
+
+def test_tuning_refined_on_the_chip_writes_its_registers_and_equals_golden(server, small_mlp):
+    """Stage 1 on the emulator, stage 2 on the simulated SoC: the refinement never makes a
+    layer's figure of merit worse on the chip; the runtime writes every layer's tuned ADC
+    registers into its tile (read back over the link), and the tuned model on the chip equals
+    the golden model bit for bit."""
+    from cimstack.tuning import Tuner
+    model, split, _ = small_mlp
+    cfg = soc_test_config()
+    x = split.x_test[:40]
+    dep = cimstack.compile(model, cfg, example=split.x_train[:256])
+    tuner = Tuner(dep, split.x_train[:64], max_rows=32, copies=(1,),
+                  backend_factory=lambda: EmulatorBackend(cfg, mode="datapath"))
+    stage1 = tuner.tune("coordinate", sweeps=1)
+    assert all(r.after.nmse < r.before.nmse for r in stage1.layers)
+    tuned = cimstack.compile(model, cfg, example=split.x_train[:256], settings=stage1.settings)
+    with DeviceBackend(server.url, cfg) as chip:
+        tuned.program(chip)
+        stage2 = tuner.refine(tuned, chip, radius=1, sweeps=1)
+        assert all(r.after.fom <= r.before.fom for r in stage2.layers)
+        assert tuned.settings().layers == stage2.settings.layers
+        chip.reseed_noise(7)
+        y_chip = tuned.run(x)
+        last = tuned.layers[-1]
+        tile = last.blocks[0].tile
+        assert chip.dev.read(f"TILE{tile}_ADC_GAIN") == last.adc_gain
+        assert chip.dev.read(f"TILE{tile}_ADC_OFFSET") == last.adc_offset & ((1 << cfg.adc.bits) - 1)
+    gains = {layer.adc_gain for layer in tuned.layers}
+    assert gains != {cfg.adc.gain}                    # tuning moved the registers off the preset
+    golden = GoldenBackend(cfg)
+    tuned.program(golden)
+    golden.reseed_noise(7)
+    assert torch.equal(tuned.run(x), y_chip)
