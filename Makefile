@@ -34,11 +34,12 @@ sim: $(STAMP)
 gen: $(STAMP)
 	$(PY) -m cimstack.gen --preset $(PRESET)
 
-## bench: SoC, model and training benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
+## bench: SoC, model, training and tuning/IR-drop benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
 	$(PY) benchmarks/bench_models.py --preset $(PRESET)
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_tuning.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -249,6 +249,21 @@ class Tuner:
         dep, alone, backend = made
         return dep, alone, backend
 
+    def global_gain(self) -> tuple[int, Settings]:
+        """The baseline that per-layer tuning is measured against: one ADC gain for every
+        layer (everything else as compiled), the one minimising the sum of the layers' ln NMSE
+        on emulator chips; returns it and the settings."""
+        chips = {layer.name: self._scratch(layer, 1) for layer in self.dep.layers}
+        totals = {}
+        for g in gain_grid(self.cfg.adc.gain):
+            totals[g] = 0.0
+            for name, made in chips.items():
+                s = LayerSetting(**dict(self.start.layers[name].__dict__, adc_gain=g, copies=1))
+                totals[g] += math.log(max(self.score(*made, s).nmse, 1e-12))
+        best = min(totals, key=totals.get)
+        layers = {n: LayerSetting(**dict(s.__dict__, adc_gain=best)) for n, s in self.start.layers.items()}
+        return best, Settings(self.cfg.name, self.cfg.datapath.config_hash, layers, {"stage": "global gain"})
+
     # -- stage 2: device in the loop --------------------------------------------------------------
     def refine(self, deployment, backend: Backend | None = None, *, layers: Sequence[str] | None = None,
                radius: int = 1, sweeps: int = 2, progress: bool = False) -> TuningReport:
