@@ -41,6 +41,7 @@ from ..mapper import even_splits
 from ..mapping import pulse_weights, slice_weights
 from ..physics.converters import Adc, Dac, round_half_up
 from ..physics.devices import DeviceModel, level_step_us
+from ..physics.irdrop import fast_transfer
 
 __all__ = ["Nonidealities", "analog_matmul", "AnalogLayer", "AnalogLinear", "AnalogConv1d", "AnalogConv2d",
            "convert", "analog_layers", "set_nonidealities", "clip_weights", "PROGRAMMING"]
@@ -60,7 +61,11 @@ class Nonidealities:
     :data:`PROGRAMMING`. ``drift_t``: read time in seconds after programming, a number or a
     ``(lo, hi)`` range sampled log-uniformly per call (None: the first read at ``t0``).
     ``noise_scale`` multiplies every random non-ideality (training a little noisier than the
-    chip is a common margin). ``weight_noise_range``: OpenCIMTC's noise fine-tuning, additive
+    chip is a common margin). ``ir_drop``: the first-order IR-drop model
+    (:func:`cimstack.physics.irdrop.fast_transfer`) on each array-sized block, placed at an
+    array's corner, when the config's wires have resistance; off by default because
+    ``cimstack.compile`` corrects IR drop at mapping time (switch it on to train for a chip
+    deployed with ``ir_compensation=False``). ``weight_noise_range``: OpenCIMTC's noise fine-tuning, additive
     ``clamp(N(0,1), ±3) * frac * (max w - min w)`` on the quantised weights (Yu et al., Nat.
     Commun. 2025: 0.06).
     """
@@ -75,6 +80,7 @@ class Nonidealities:
     drift_compensation: bool = True
     noise_scale: float = 1.0
     weight_noise_range: float = 0.0
+    ir_drop: bool = False
 
     def __post_init__(self):
         if self.programming not in PROGRAMMING:
@@ -189,6 +195,8 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
         g_t = g_prog * devices.drift_factor(nu, t)
     else:
         g_t = g_prog
+    if ni.ir_drop and d.wire_resistance_ohm > 0:
+        g_prog, g_t = _ir_drop(g_prog, cfg), _ir_drop(g_t, cfg)
     u_t = (g_t[0] - g_t[1]) / step
     if ni.drift_compensation and drifts and t > d.drift_t0_s:
         # readout(t0) / readout(t) for one unit pulse on every row, from the noise-free reads
@@ -202,6 +210,23 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
         noise = k * sig * torch.randn_like(sig)
         u_t = u_t + (noise[0] - noise[1]) / step
     return u_t * alpha
+
+
+def _ir_drop(g: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
+    """Effective conductances of cells (2, in, out, slices) µS under IR drop, block by block
+    as the mapper cuts the matrix; each block in its array's physical column order (units
+    ``out * slices + s``, the pair's two cells side by side)."""
+    r = cfg.device.wire_resistance_ohm
+    n_in, n_out, slices = g.shape[1:]
+    rows_out = []
+    for in0, rows in even_splits(n_in, cfg.array.rows):
+        cols_out = []
+        for out0, cols in even_splits(n_out, cfg.array.cols):
+            blk = g[:, in0:in0 + rows, out0:out0 + cols]                          # (2, rows, cols, slices)
+            phys = blk.permute(1, 2, 3, 0).reshape(rows, cols * slices * 2)
+            cols_out.append(fast_transfer(phys, r, r).reshape(rows, cols, slices, 2).permute(3, 0, 1, 2))
+        rows_out.append(torch.cat(cols_out, dim=2))
+    return torch.cat(rows_out, dim=1)
 
 
 def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | float, cfg: ChipConfig,
