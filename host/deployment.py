@@ -14,6 +14,7 @@ host. Identical VMM results give identical outputs, so golden and device agree b
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,7 +99,9 @@ class Deployment:
             raise ConfigError("ir_compensation needs device.wire_resistance_ohm > 0 (ideal wires have no IR drop)")
         self.tile_gain = {t: 1.0 for t in placement.tiles_used}     # analog gain left by the IR correction
         self._targets: dict[int, np.ndarray] = {}
-        self._adc_loaded: dict[tuple[int, int], tuple[int, int]] = {}
+        # ADC registers this deployment last wrote, per backend and tile (weak: a backend that
+        # goes away takes its entry with it, so a new one at the same address starts clean)
+        self._adc_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.backend: Backend | None = None
 
     # -- per-layer settings --------------------------------------------------------------------
@@ -228,7 +231,7 @@ class Deployment:
         backend.erase(tiles, self.seed)
         for t in tiles:
             backend.configure_tile(t, self.cfg.adc.gain, self.cfg.adc.offset, self.post_scale)
-            self._adc_loaded[(id(backend), t)] = (self.cfg.adc.gain, self.cfg.adc.offset)
+            self._adc_loaded.setdefault(backend, {})[t] = (self.cfg.adc.gain, self.cfg.adc.offset)
         report = ProgramReport(backend.name)
         work = [(layer, t) for layer in self.layers for t in sorted({b.tile for b in layer.blocks})]
         bar = _progress(len(work), "write-verify", progress)
@@ -338,9 +341,10 @@ class Deployment:
     def _load_adc(self, be: Backend, tile: int, layer: MappedLayer) -> None:
         """Write the layer's ADC registers into the tile unless they are already there."""
         want = (int(layer.adc_gain), int(layer.adc_offset))
-        if self._adc_loaded.get((id(be), tile)) != want:
+        loaded = self._adc_loaded.setdefault(be, {})
+        if loaded.get(tile) != want:
             be.set_adc(tile, *want)
-            self._adc_loaded[(id(be), tile)] = want
+            loaded[tile] = want
 
     def accuracy(self, x, y, backend: Backend | None = None) -> float:
         """Top-1 accuracy of :meth:`run` against integer labels ``y``."""
