@@ -33,6 +33,7 @@ from .golden import RESET, SET, GoldenSoC, GoldenTile, Pulse, WriteVerifyJob, is
 from .isa import mode_field
 from .physics import TileEmulator
 from .physics.devices import DeviceModel, seed_for
+from .mapping import check_adc_registers
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
 
 __all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "fabricate", "backend",
@@ -62,13 +63,6 @@ def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:
     full = 1 << cfg.adc.gain_shift
     m = full // math.gcd(int(gain), full)
     return 0.0 if m == 1 else 1.0 / (2 * m)
-
-
-def _check_adc(cfg: ChipConfig, gain: int, offset: int) -> None:
-    half = 1 << (cfg.adc.bits - 1)
-    for name, v, lo, hi in (("gain", gain, 1, 255), ("offset", offset, -half, half - 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-            raise InputRangeError(f"ADC {name} must be an integer in {lo}..{hi}, got {v!r}")
 
 
 class CellJobs:
@@ -207,9 +201,8 @@ class GoldenBackend(Backend):
 
     def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
         self._check_tile(tile)
-        _check_adc(self.cfg, adc_gain, adc_offset)
         g = self.soc.tiles[tile]
-        g.adc_gain, g.adc_offset = int(adc_gain), int(adc_offset)
+        g.adc_gain, g.adc_offset = check_adc_registers(self.cfg, adc_gain, adc_offset)
 
     def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
         return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))

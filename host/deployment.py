@@ -398,6 +398,8 @@ def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", 
     except (RuntimeError, IndexError) as exc:
         raise CompileError(f"running {graph.name} on the example inputs of shape {tuple(example.shape)} failed: {exc}") from exc
     if settings is not None:
+        if copies != 1:
+            raise ConfigError("give weight copies either in copies= or in settings=, not both")
         if not isinstance(settings, Settings):
             settings = Settings.load(settings)
         settings.check(config)

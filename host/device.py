@@ -14,7 +14,7 @@ from .config import ChipConfig
 from .errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeout
 from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_verify
 from .link import Link
-from .mapping import check_post_params
+from .mapping import check_adc_registers, check_post_params
 from .bitfields import pack, unpack
 from .regmap import ID_MAGIC, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 
@@ -94,12 +94,9 @@ class Device:
     def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
         """The tile's ADC gain (integration time) and offset registers."""
         self._tile(tile)
-        a = self.cfg.adc
-        lo, hi = -(1 << (a.bits - 1)), (1 << (a.bits - 1)) - 1
-        if not (1 <= adc_gain <= 255 and lo <= adc_offset <= hi):
-            raise InputRangeError(f"tile {tile}: adc_gain {adc_gain} (1..255) / adc_offset {adc_offset} ({lo}..{hi})")
-        self.write(f"TILE{tile}_ADC_GAIN", gain=int(adc_gain))
-        self.write(f"TILE{tile}_ADC_OFFSET", offset=int(adc_offset))
+        gain, offset = check_adc_registers(self.cfg, adc_gain, adc_offset)
+        self.write(f"TILE{tile}_ADC_GAIN", gain=gain)
+        self.write(f"TILE{tile}_ADC_OFFSET", offset=offset)
 
     # -- memories ------------------------------------------------------------------------------
     def write_memory(self, space: str, addr: int, words) -> None:

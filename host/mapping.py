@@ -125,6 +125,15 @@ def pulse_weights(cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     return np.array([1 << (p * md.pulse_shift) for p in range(md.pulses)], dtype=np.int64)
 
 
+def check_adc_registers(cfg: ChipConfig, gain, offset) -> tuple[int, int]:
+    """The ADC gain (integration time, 1..255) and offset (ADC codes) registers, checked."""
+    lo, hi = cfg.datapath.adc_min, cfg.datapath.adc_max
+    for name, v, a, b in (("gain", gain, 1, 255), ("offset", offset, lo, hi)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not a <= v <= b:
+            raise InputRangeError(f"ADC {name} must be an integer in {a}..{b}, got {v!r}")
+    return int(gain), int(offset)
+
+
 def check_post_params(bias, scale, cfg: ChipConfig) -> dict[str, np.ndarray]:
     """Per-column post-processing registers within their RTL widths; ``None`` entries are
     left out of the returned dict."""

@@ -282,6 +282,8 @@ def test_settings_files_are_checked_and_written_atomically(mlp_on_opencimtc, tmp
     monkeypatch.undo()
     assert path.read_text() == good and [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
+    with pytest.raises(ConfigError, match="not both"):
+        cimstack.compile(model, cfg, example=split.x_train[:64], settings=path, copies=2)
     other = preset("default")
     with pytest.raises(ConfigError, match="made for chip config"):
         cimstack.compile(model, other, example=split.x_train[:64], settings=path)

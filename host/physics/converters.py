@@ -17,7 +17,7 @@ import torch
 
 from ..config import ChipConfig
 from ..errors import InputRangeError
-from ..mapping import pulse_weights, slice_weights
+from ..mapping import check_adc_registers, pulse_weights, slice_weights
 
 __all__ = ["round_half_up", "floor_ste", "input_range", "as_input_tensor", "Dac", "Adc",
            "shift_add", "post_process"]
@@ -150,14 +150,8 @@ class Adc:
 
     def set_registers(self, gain: int | None = None, offset: int | None = None) -> None:
         """Change the run-time gain (integration time, 1..255) and offset registers."""
-        if gain is not None:
-            if isinstance(gain, bool) or not isinstance(gain, int) or not 1 <= gain <= 255:
-                raise InputRangeError(f"ADC gain must be an integer in 1..255, got {gain!r}")
-            self.gain = gain
-        if offset is not None:
-            if isinstance(offset, bool) or not isinstance(offset, int) or not self.code_min <= offset <= self.code_max:
-                raise InputRangeError(f"ADC offset must be an integer in {self.code_min}..{self.code_max}, got {offset!r}")
-            self.offset = offset
+        self.gain, self.offset = check_adc_registers(self.cfg, self.gain if gain is None else gain,
+                                                     self.offset if offset is None else offset)
 
     @property
     def scale(self) -> float:

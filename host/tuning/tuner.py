@@ -217,37 +217,30 @@ class Tuner:
             chips: dict[int, tuple] = {}
 
             def chip(c: int):
+                """(deployment, layer, backend) with ``c`` copies; None where they do not fit."""
                 if c not in chips:
                     try:
                         chips[c] = self._scratch(layer, c)
                     except PlacementError:
+                        if c == 1:
+                            raise
                         chips[c] = None
                 return chips[c]
 
             def objective(p: dict) -> float:
                 made = chip(p["copies"])
-                if made is None:
-                    return math.inf
-                dep, alone, backend = made
-                return self.score(dep, alone, backend, LayerSetting(**p)).fom
+                return math.inf if made is None else self.score(*made, LayerSetting(**p)).fom
 
             base = dict(start.__dict__, copies=1)
-            before = self.score(*self._unpack(chip(1)), LayerSetting(**base))
+            before = self.score(*chip(1), LayerSetting(**base))
             res = SEARCHERS[searcher](self.space(name), objective, start=base, **search_args)
             best = LayerSetting(**res.best)
-            after = self.score(*self._unpack(chip(best.copies)), best)
+            after = self.score(*chip(best.copies), best)
             report.settings.layers[name] = best
             report.layers.append(LayerReport(name, before, after, best, res.evaluations, time.perf_counter() - t1))
         report.seconds = time.perf_counter() - t0
         report.settings.info = {"stage": report.stage, "searcher": searcher}
         return report
-
-    @staticmethod
-    def _unpack(made):
-        if made is None:
-            raise PlacementError("the layer does not fit on the chip with one copy")
-        dep, alone, backend = made
-        return dep, alone, backend
 
     def global_gain(self) -> tuple[int, Settings]:
         """The baseline that per-layer tuning is measured against: one ADC gain for every
