@@ -20,7 +20,8 @@ class RegisterFile(wiring.Component):
     Bus: ``addr``, ``w_data``, ``w_en`` (one-cycle write strobe), ``r_data`` (combinational),
     ``hit`` (the address names a register) and ``writable`` (it is ``rw`` or ``wo``).
 
-    Per register (port named after it in lower case): ``rw`` -> ``Out(32)`` holding the value;
+    Per register (port named after it in lower case): ``rw`` -> ``Out(32)`` holding the value
+    (bits outside the register's fields are not stored and read as 0);
     ``ro`` -> ``In(32)`` the hardware drives (constants are held here and have no port);
     ``wo`` -> ``Out(32)`` equal to the written word during the ``<name>_w`` strobe.
     """
@@ -55,8 +56,12 @@ class RegisterFile(wiring.Component):
                     elif r.access in ("rw", "ro"):
                         m.d.comb += self.r_data.eq(getattr(self, port_name(r.name)))
                     if r.access == "rw":
+                        # only the declared fields are stored: other bits read as 0 (and the
+                        # flip-flops behind them are optimised away)
+                        mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
+                        assert r.reset & ~mask == 0, f"{r.name}: reset value outside its fields"
                         with m.If(self.w_en):
-                            m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data)
+                            m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data & mask)
                     elif r.access == "wo":
                         m.d.comb += [getattr(self, port_name(r.name)).eq(self.w_data),
                                      getattr(self, port_name(r.name) + "_w").eq(self.w_en)]

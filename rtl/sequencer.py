@@ -15,7 +15,7 @@ from cimstack.config import ChipConfig
 from cimstack.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
 
 from .noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
-from .tile import _clamp, _round_shift
+from .tile import _clamp
 
 __all__ = ["Sequencer"]
 
@@ -113,16 +113,19 @@ class Sequencer(wiring.Component):
         copy_src = Signal(16)
         copy_dst = Signal(16)
         is_copy = op == COPY           # POST keeps its multiplier where COPY has the iter flags
-        m.d.comb += [copy_src.eq(p_src + Mux(is_copy & src_iter, self.iteration * self.in_stride, 0) + i),
-                     copy_dst.eq(p_dst + Mux(is_copy & dst_iter, self.iteration * self.out_stride, 0) + i)]
+        # iteration * stride, kept as running sums so no multiplier is needed
+        src_offset, dst_offset = Signal(16), Signal(16)
+        m.d.comb += [copy_src.eq(p_src + Mux(is_copy & src_iter, src_offset, 0) + i),
+                     copy_dst.eq(p_dst + Mux(is_copy & dst_iter, dst_offset, 0) + i)]
 
-        product = Signal(signed(48))
-        m.d.comb += product.eq(self.rd_data.as_signed() * mul)
+        product = Signal(signed(48))        # registered in RW_MUL: the multiplier gets its own cycle
+        # round half up then shift: one adder and one barrel shifter for every shift amount
+        half = Signal(33)
+        m.d.comb += half.eq((C(1, 33) << shift) >> 1)
+        rounded = Signal(signed(49))
+        m.d.comb += rounded.eq(product + half)
         shifted = Signal(signed(48))
-        with m.Switch(shift):
-            for sh in range(32):
-                with m.Case(sh):
-                    m.d.comb += shifted.eq(_round_shift(product, sh))
+        m.d.comb += shifted.eq(rounded >> shift)
         posted = Mux(relu & (shifted < 0), 0, shifted)
         posted_sat = _clamp(posted, -(1 << 31), (1 << 31) - 1)
 
@@ -138,6 +141,7 @@ class Sequencer(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.run_program):
                     m.d.sync += [self.pc.eq(self.pc_start), self.iteration.eq(0), self.busy.eq(1),
+                                 src_offset.eq(0), dst_offset.eq(0),
                                  self.program.eq(1), self.error.eq(0), self.executed.eq(0), single.eq(0),
                                  self.program_cycles.eq(0)]
                     m.next = "FETCH"
@@ -165,7 +169,9 @@ class Sequencer(wiring.Component):
                     with m.Case(FILL):
                         m.next = "FILL"
                     with m.Case(LOOP):
-                        m.d.sync += [self.iteration.eq(self.iteration + 1), self.executed.eq(self.executed + 1)]
+                        m.d.sync += [self.iteration.eq(self.iteration + 1), self.executed.eq(self.executed + 1),
+                                     src_offset.eq(src_offset + self.in_stride),
+                                     dst_offset.eq(dst_offset + self.out_stride)]
                         with m.If(self.iteration + 1 < self.iters):
                             m.d.sync += self.pc.eq(target)
                         with m.Else():
@@ -214,6 +220,12 @@ class Sequencer(wiring.Component):
             # -- POST and COPY: read, transform, write, one word at a time -----------------------
             with m.State("RW_READ"):
                 m.d.comb += self.rd_addr.eq(copy_src)
+                m.next = "RW_MUL"
+                with m.If(op != POST):
+                    m.next = "RW_WRITE"
+            with m.State("RW_MUL"):
+                m.d.comb += self.rd_addr.eq(copy_src)
+                m.d.sync += product.eq(self.rd_data.as_signed() * mul)
                 m.next = "RW_WRITE"
             with m.State("RW_WRITE"):
                 m.d.comb += [self.rd_addr.eq(copy_src), s_we.eq(1), s_addr.eq(copy_dst),

@@ -109,23 +109,31 @@ class CimSoC(wiring.Component):
         assert RUN_UNITS == ("vmm", "wv", "seq")
 
         # ---- activation buffer: sequencer (main and accumulate reads, writes), host -----------
+        # The host reads a memory only while every unit is idle (the bridge refuses memory
+        # operations otherwise) and the engines read only while running, so each memory's
+        # engine read port doubles as the host's: one block RAM copy fewer per memory.
+        host_reads = bridge.mem.re
         m.submodules.act = act = memory.Memory(shape=32, depth=cfg.soc.act_words, init=[])
-        act_w, act_r_seq, act_r_acc, act_r_host = act.write_port(), act.read_port(), act.read_port(), act.read_port()
-        m.d.comb += [act_r_seq.addr.eq(seq.rd_addr), seq.rd_data.eq(act_r_seq.data),
+        act_w, act_r_host, act_r_acc = act.write_port(), act.read_port(), act.read_port()
+        act_r_seq = act_r_host
+        m.d.comb += [act_r_seq.addr.eq(Mux(host_reads, bridge.mem.addr, seq.rd_addr)),
+                     seq.rd_data.eq(act_r_seq.data),
                      act_r_acc.addr.eq(seq.acc_addr), seq.acc_data.eq(act_r_acc.data)]
 
         # ---- sequencer program memory ---------------------------------------------------------
         m.submodules.instr = instr = memory.Memory(shape=64, depth=cfg.soc.instr_words, init=[])
-        instr_w, instr_r_seq, instr_r_host = instr.write_port(), instr.read_port(), instr.read_port()
-        m.d.comb += [instr_r_seq.addr.eq(seq.instr_addr), seq.instr_data.eq(instr_r_seq.data),
+        instr_w, instr_r_host = instr.write_port(), instr.read_port()
+        m.d.comb += [instr_r_host.addr.eq(Mux(host_reads, bridge.mem.addr, seq.instr_addr)),
+                     seq.instr_data.eq(instr_r_host.data),
                      instr_w.addr.eq(bridge.mem.addr), instr_w.data.eq(bridge.mem.w_data[:64])]
 
         # ---- write-verify job and result memories ------------------------------------------
         m.submodules.wv_jobs = jobs = memory.Memory(shape=JobLayout, depth=cfg.soc.wv_jobs, init=[])
         m.submodules.wv_results = results = memory.Memory(shape=ResultLayout, depth=cfg.soc.wv_jobs, init=[])
-        jobs_w, jobs_r_wv, jobs_r_host = jobs.write_port(), jobs.read_port(), jobs.read_port()
+        jobs_w, jobs_r_host = jobs.write_port(), jobs.read_port()
         res_w, res_r_host = results.write_port(), results.read_port()
-        m.d.comb += [jobs_r_wv.addr.eq(wv.job_addr), wv.job_data.eq(jobs_r_wv.data)]
+        m.d.comb += [jobs_r_host.addr.eq(Mux(host_reads, bridge.mem.addr, wv.job_addr)),
+                     wv.job_data.eq(jobs_r_host.data)]
 
         # ---- sequencer -------------------------------------------------------------------------
         m.d.comb += [seq.run_vmm.eq(bridge.run[0]), seq.run_program.eq(bridge.run[2]),
@@ -169,8 +177,7 @@ class CimSoC(wiring.Component):
         mem = bridge.mem
         rd_wait = Signal()          # synchronous reads: ack in the second cycle of re
         m.d.sync += rd_wait.eq(mem.re & ~mem.ack)
-        m.d.comb += [act_r_host.addr.eq(mem.addr), jobs_r_host.addr.eq(mem.addr), res_r_host.addr.eq(mem.addr),
-                     instr_r_host.addr.eq(mem.addr)]
+        m.d.comb += res_r_host.addr.eq(mem.addr)
         # the engines own their write ports while running; the bridge refuses memory ops then
         host_act_we, host_res_we = Signal(), Signal()
         with m.If(seq.busy):

@@ -267,16 +267,21 @@ class CrossbarMacro(wiring.Component):
         entry = rd.data.word_select(index, E)
         state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
         nxt = xorshift32_next(upd_rng)
-        z = irwin_hall(nxt)
         dist = Mux(req.polarity, state + 1, gs + 1 - state)
         step = _round_shift(req.amplitude * dp.pulse_step_q * dist, dp.state_bits + 4)
-        step_sig = Signal(signed(32))
-        m.d.comb += step_sig.eq(step)
+        # the pulse model spans three cycles (UPDATE, NOISE, MOVE): the word and the step are
+        # registered, then the noise product, so no cycle holds more than one multiplier chain
+        word_r = Signal(lay.word_bits)
+        step_r = Signal(signed(32))
+        z_r = Signal(signed(11))
+        noise_r = Signal(signed(40))
+        entry_r = word_r.word_select(index, E)
+        state_r, stuck_r = entry_r[:dp.state_bits], entry_r[dp.state_bits:]
         noisy = Signal(signed(40))
-        m.d.comb += noisy.eq(step_sig + _round_shift(step_sig * z * dp.c2c_noise_q, NOISE_FRAC_BITS))
-        moved = Mux(req.polarity, state - noisy, state + noisy)
+        m.d.comb += noisy.eq(step_r + noise_r)
+        moved = Mux(req.polarity, state_r - noisy, state_r + noisy)
         new_state = Signal(dp.state_bits)
-        m.d.comb += new_state.eq(Mux(stuck != 0, state, _clamp(moved, 0, gs)))
+        m.d.comb += new_state.eq(Mux(stuck_r != 0, state_r, _clamp(moved, 0, gs)))
 
         load_take = self.load.valid & self.load.ready
         with m.FSM() as fsm:
@@ -295,9 +300,15 @@ class CrossbarMacro(wiring.Component):
                                  done_state.eq(Mux(stuck[1], gs, Mux(stuck[0], 0, state)))]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [upd_rng.eq(nxt), new_word.eq(rd.data), done_state.eq(new_state)]
-                    m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck))
-                    m.next = "WRITE"
+                    m.d.sync += [upd_rng.eq(nxt), word_r.eq(rd.data), step_r.eq(step), z_r.eq(irwin_hall(nxt))]
+                    m.next = "NOISE"
+            with m.State("NOISE"):
+                m.d.sync += noise_r.eq(_round_shift(step_r * z_r * dp.c2c_noise_q, NOISE_FRAC_BITS))
+                m.next = "MOVE"
+            with m.State("MOVE"):
+                m.d.sync += [new_word.eq(word_r), done_state.eq(new_state)]
+                m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck_r))
+                m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(new_word)]
                 m.d.sync += done_valid.eq(1)
@@ -342,28 +353,47 @@ class AdcController(wiring.Component):
         held = Signal(self.lay.sums)
         out = Signal(self.lay.codes)
         busy, out_valid = Signal(), Signal()
-        k = Signal(range(max(2, share)))
+        # two-stage converter: stage A adds lane k's read noise, stage B (next cycle) applies
+        # gain, offset and clamping to it; k runs one past the last lane to drain stage B
+        k = Signal(range(share + 1))
+        kb = Signal(range(max(2, share)))        # the lane index stage B is converting
+        stage_b = Signal()
 
         m.d.comb += [self.sums.ready.eq(~busy & ~out_valid),
                      self.codes.valid.eq(out_valid), self.codes.payload.eq(out)]
         with m.If(self.codes.ready):
             m.d.sync += out_valid.eq(0)
         with m.If(self.sums.valid & self.sums.ready):
-            m.d.sync += [held.eq(self.sums.payload), busy.eq(1), k.eq(0)]
+            m.d.sync += [held.eq(self.sums.payload), busy.eq(1), k.eq(0), stage_b.eq(0)]
 
         with m.If(busy):
             for a in range(n_adc):
-                for j in range(share):
-                    lane = a * share + j
-                    with m.If(k == j):
-                        nxt = xorshift32_next(rngs[lane])
-                        noise = _round_shift(irwin_hall(nxt) * dp.read_noise_q, NOISE_FRAC_BITS)
-                        analog = Signal(signed(dp.sum_bits + 2), name=f"analog{lane}")
-                        m.d.comb += analog.eq(held.sums[lane] + noise)
-                        code = _round_shift(analog * self.gain, cfg.adc.gain_shift) + self.offset
-                        m.d.sync += [rngs[lane].eq(nxt),
-                                     out.codes[lane].eq(_clamp(code, dp.adc_min, dp.adc_max))]
-            with m.If(k == share - 1):
+                # one converter per ADC: the lane it serves this cycle is selected first
+                lanes_a = range(a * share, (a + 1) * share)
+                rng = Signal(32, name=f"adc{a}_rng")
+                analog_in = Signal(signed(dp.sum_bits), name=f"adc{a}_sum")
+                with m.Switch(k):
+                    for j, lane in enumerate(lanes_a):
+                        with m.Case(j):
+                            m.d.comb += [rng.eq(rngs[lane]), analog_in.eq(held.sums[lane])]
+                nxt = xorshift32_next(rng)
+                noise = _round_shift(irwin_hall(nxt) * dp.read_noise_q, NOISE_FRAC_BITS)
+                analog = Signal(signed(dp.sum_bits + 2), name=f"adc{a}_analog")
+                m.d.sync += analog.eq(analog_in + noise)
+                code = Signal(signed(cfg.adc.bits), name=f"adc{a}_code")
+                m.d.comb += code.eq(_clamp(_round_shift(analog * self.gain, cfg.adc.gain_shift) + self.offset,
+                                           dp.adc_min, dp.adc_max))
+                with m.Switch(k):
+                    for j, lane in enumerate(lanes_a):
+                        with m.Case(j):
+                            m.d.sync += rngs[lane].eq(nxt)
+                with m.If(stage_b):
+                    with m.Switch(kb):
+                        for j, lane in enumerate(lanes_a):
+                            with m.Case(j):
+                                m.d.sync += out.codes[lane].eq(code)
+            m.d.sync += [stage_b.eq(k < share), kb.eq(k)]
+            with m.If(k == share):
                 m.d.sync += [busy.eq(0), out_valid.eq(1), out.pulse.eq(held.pulse),
                              out.group.eq(held.group), out.last_pulse.eq(held.last_pulse)]
             with m.Else():
