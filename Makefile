@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PRESET ?= default
+BOARD  ?= ulx3s-85f
 
-.PHONY: demo demo-tile test sim gen bench clean distclean
+.PHONY: demo demo-tile test sim gen bench bitstream flash clean distclean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +35,24 @@ sim: $(STAMP)
 gen: $(STAMP)
 	$(PY) -m cimstack.gen --preset $(PRESET)
 
-## bench: SoC, model, training and tuning/IR-drop benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
+## bench: SoC, model, training, tuning/IR-drop and full-size bitstream benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
 	$(PY) benchmarks/bench_models.py --preset $(PRESET)
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_tuning.py
+	$(PY) benchmarks/bench_boards.py
+
+## bitstream: build BOARD's bitstream (ulx3s-85f, icebreaker) with the YoWASP tools from PyPI;
+## CONFIG=<preset|file> overrides the board's preset; report.json/report.md next to it under build/boards/
+bitstream: $(STAMP)
+	$(PY) -m cimstack.boards build $(BOARD) $(if $(CONFIG),--config $(CONFIG))
+
+## flash: program BOARD with openFPGALoader (LOADER=iceprog for iCE40); PORT=/dev/ttyUSBn picks
+## the board; FLASH=1 writes the SPI flash instead of SRAM; DRY_RUN=1 only prints the command
+flash: $(STAMP)
+	$(PY) -m cimstack.boards flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(LOADER),--loader $(LOADER)) \
+		$(if $(CONFIG),--config $(CONFIG)) $(if $(FLASH),--write-flash) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf build .pytest_cache

@@ -553,16 +553,25 @@ def _ice40_tiny() -> ChipConfig:
     )
 
 
+def _ulx3s_85f() -> ChipConfig:
+    # the default chip's datapath, two tiles of 64x64 with 8 MAC lanes, at 30 MHz from the
+    # ULX3S 85F's 25 MHz oscillator (docs/boards.md gives its resources and fmax)
+    return ChipConfig(name="ulx3s-85f", array=ArrayConfig(tiles=2, rows=64, cols=64, mac_lanes=8, adc_share=4),
+                      clock=ClockConfig(clock_hz=30_000_000, uart_baud=115_200))
+
+
 PRESETS = {
     "default": _default,
     "opencimtc-576x128": _opencimtc,
     "pcm-joshi2020": _pcm,
     "ice40-tiny": _ice40_tiny,
+    "ulx3s-85f": _ulx3s_85f,
 }
 
 
 def preset(name: str) -> ChipConfig:
-    """A named preset: ``default``, ``opencimtc-576x128``, ``pcm-joshi2020``, ``ice40-tiny``."""
+    """A named preset: ``default``, ``opencimtc-576x128``, ``pcm-joshi2020``, ``ice40-tiny``,
+    ``ulx3s-85f``."""
     try:
         return PRESETS[name]()
     except KeyError:

@@ -48,3 +48,11 @@ class PlacementError(CimstackError, ValueError):
 
 class ProgrammingError(CimstackError, RuntimeError):
     """Write-verify left cells out of tolerance where the caller asked for none to be."""
+
+
+class BuildError(CimstackError, RuntimeError):
+    """A bitstream build failed: tools missing, the design does not fit, or it misses timing."""
+
+
+class FlashError(CimstackError, RuntimeError):
+    """A board could not be programmed: no loader, no board attached, or the loader failed."""
