@@ -370,8 +370,14 @@ class DeviceBackend(Backend):
         else:
             if cfg is None:
                 raise ConfigError("DeviceBackend needs the chip config the gateware was built from")
-            link = target if isinstance(target, Link) else Link(str(target), **link_args)
-            self.dev, self._own = Device(link, cfg), not isinstance(target, Link)
+            own = not isinstance(target, Link)
+            link = Link(str(target), **link_args) if own else target
+            try:
+                self.dev, self._own = Device(link, cfg), own
+            except Exception:
+                if own:                      # a refused chip (wrong config hash) leaves no port open
+                    link.close()
+                raise
         super().__init__(self.dev.cfg if cfg is None else cfg)
         if self.dev.cfg != self.cfg:
             raise ConfigError("the Device was opened with a different chip config")

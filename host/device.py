@@ -16,7 +16,7 @@ from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_v
 from .link import Link
 from .mapping import check_adc_registers, check_post_params
 from .bitfields import pack, unpack
-from .regmap import ID_MAGIC, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
+from .regmap import ID_MAGIC, PROTOCOL_VERSION, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 
 __all__ = ["Device"]
 
@@ -45,9 +45,13 @@ class Device:
 
     def check_identity(self) -> None:
         """Refuse a chip that is not a cimstack SoC built from this config."""
-        ident, _version, chash = self.link.read_regs(self.map["ID"].addr, 3)
+        ident, version, chash = self.link.read_regs(self.map["ID"].addr, 3)
         if ident != ID_MAGIC:
             raise ConfigMismatchError(f"{self.link.url} is not a cimstack SoC (ID 0x{ident:08x})")
+        if version >> 16 != PROTOCOL_VERSION[0]:
+            raise ConfigMismatchError(
+                f"{self.link.url} speaks protocol {version >> 16}.{version & 0xFFFF}, this host "
+                f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: rebuild the bitstream or update the host")
         want = self.cfg.datapath.config_hash
         if chash != want:
             raise ConfigMismatchError(

@@ -111,12 +111,18 @@ class SimServer:
         self.stop()
 
 
-def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1") -> None:
-    """Run the server in the foreground until Ctrl-C (or SIGTERM)."""
+def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1", pty: bool = False) -> None:
+    """Run the server in the foreground until Ctrl-C (or SIGTERM); with ``pty`` also offer the
+    link on a pseudo-terminal, to be opened like a board's serial port."""
     print(f"building the simulation server for {cfg.name} ...", flush=True)
     server = SimServer(cfg, port, host)
     print(f"cimstack sim server ({cfg.name}, config hash 0x{cfg.datapath.config_hash:08x}) "
           f"listening on {server.host}:{server.port}  ->  {server.url}", flush=True)
+    bridge = None
+    if pty:
+        from .pty import PtyBridge
+        bridge = PtyBridge(server.url)
+        print(f"serial port (pseudo-terminal): {bridge.path}", flush=True)
     stop = {"now": False}
 
     def handler(signum, frame):
@@ -130,6 +136,8 @@ def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1") -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, old)
+        if bridge is not None:
+            bridge.close()
         server.stop()
     if server.stats:
         print(f"stopped after {server.stats['cycles']} simulated cycles", flush=True)

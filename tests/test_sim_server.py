@@ -5,6 +5,7 @@ against the golden model; link faults; the CLI's start and clean stop."""
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import subprocess
 import sys
@@ -433,3 +434,31 @@ def test_tuning_refined_on_the_chip_writes_its_registers_and_equals_golden(serve
     tuned.program(golden)
     golden.reseed_noise(7)
     assert torch.equal(tuned.run(x), y_chip)
+
+
+# -- the serial path: a real tty device, as a board's USB-serial port --------------------------
+
+def test_deployment_through_a_tty_equals_golden_and_checks_the_config_hash(server, small_mlp):
+    """pyserial opens a pseudo-terminal (termios, baud rate, timeouts: the path a board's
+    /dev/ttyUSB takes) bridged to the simulated SoC; the MLP runs bit for bit with golden."""
+    from cimstack.sim.pty import PtyBridge
+
+    model, split, _ = small_mlp
+    cfg = soc_test_config()
+    dep = cimstack.compile(model, cfg, example=split.x_train[:256])
+    dep.program(GoldenBackend(cfg))
+    y_gold = dep.run(split.x_test[:120])
+    with PtyBridge(server.url) as tty:
+        fd = os.open(tty.path, os.O_RDWR | os.O_NOCTTY)
+        assert tty.path.startswith("/dev/") and os.isatty(fd)
+        os.close(fd)
+        with pytest.raises(ConfigMismatchError, match=r"hash 0x[0-9a-f]{8}, the host uses 'other'"):
+            DeviceBackend(tty.path, cfg.replace(name="other"), baudrate=cfg.clock.uart_baud)
+        with DeviceBackend(tty.path, cfg, baudrate=cfg.clock.uart_baud) as chip:
+            assert os.isatty(chip.dev.link.port.fd)
+            dep.program(chip)
+            y_chip = dep.run(split.x_test[:120])
+        assert tty.bytes_to_device > 10_000 and tty.bytes_from_device > 1_000
+    assert torch.equal(y_chip, y_gold)
+    with pytest.raises(LinkError, match="cannot reach"):
+        PtyBridge("socket://127.0.0.1:1")
