@@ -123,7 +123,10 @@ def _explain_failure(log: str, brd: Board, cfg: ChipConfig) -> str:
             first = found[0].strip()
             hint = ""
             if re.search(r"place|not enough|exceeds|too many|utilisation|utilization", first, re.I):
-                hint = (f" — the {cfg.name} config does not fit the {brd.description}; "
+                over = [f"{used} of {avail} {cell}" for cell, used, avail in
+                        re.findall(r"(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log) if int(used) > int(avail)]
+                needs = f" (it needs {', '.join(dict.fromkeys(over))})" if over else ""
+                hint = (f" — the {cfg.name} config does not fit the {brd.description}{needs}; "
                         f"use a smaller config (fewer or smaller tiles, fewer mac_lanes)")
             return first + hint
     return log.strip().splitlines()[-1] if log.strip() else "no output"
