@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cimstack.boards import BOARDS
-from cimstack.boards.build import build_bitstream
+from cimstack.boards.build import RESOURCE_CELLS, build_bitstream
 from cimstack.errors import BuildError
 
 
@@ -63,9 +63,13 @@ def main() -> None:
                          f"{cell('bram')} | {e['fmax_mhz']:.1f} / {e['target_mhz']:.1f} | {e['build_seconds']:.0f} | "
                          f"{'met' if e['timing_met'] else 'timing missed'} |")
         else:
-            u = e["nextpnr_utilisation"]
-            lc = next((f"{v['used']}/{v['available']}" for k, v in u.items() if k in ("ICESTORM_LC", "TRELLIS_COMB")), "-")
-            lines.append(f"| {e['board']} | {e['config']} | {lc} | - | - | - | - | {e['build_seconds']:.0f} | does not fit |")
+            u, cells = e["nextpnr_utilisation"], RESOURCE_CELLS[BOARDS[e["board"]].family]
+
+            def cell(k):
+                hit = [u[c] for c in cells.get(k, ()) if c in u]
+                return f"{hit[0]['used']}/{hit[0]['available']}" if hit else "-"
+            lines.append(f"| {e['board']} | {e['config']} | {cell('logic')} | {cell('ff')} | {cell('dsp')} | "
+                         f"{cell('bram')} | - | {e['build_seconds']:.0f} | does not fit |")
     (out / "boards.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
