@@ -117,17 +117,15 @@ class ClockReset(Elaboratable):
         if self.pll is None:
             m.submodules.clk_buf = buf = io.Buffer("i", clk_io)
             m.d.comb += [clk.eq(buf.i), self.locked.eq(1)]
-        else:
-            platform.add_clock_constraint(clk, self.pll.f_out)
-        if self.pll is None:
-            pass
         elif self.family == "ice40":
+            platform.add_clock_constraint(clk, self.pll.f_out)
             # the PLL sits on the oscillator's pad (the iCEBreaker's pin 35 is PLL-capable)
             m.submodules.pll = Instance(
                 "SB_PLL40_PAD", i_PACKAGEPIN=clk_io.io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=clk, o_LOCK=self.locked,
                 **{f"p_{k}": v for k, v in self.pll.params.items()})
         else:
+            platform.add_clock_constraint(clk, self.pll.f_out)
             m.submodules.clk_buf = buf = io.Buffer("i", clk_io)
             clkop = Signal()
             m.submodules.pll = Instance(
