@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cimstack.boards import BOARDS
-from cimstack.boards.build import RESOURCE_CELLS, build_bitstream
+from cimstack.boards.build import build_bitstream, resources
 from cimstack.errors import BuildError
 
 
@@ -56,20 +56,12 @@ def main() -> None:
     lines = ["| board | config | logic | ff | dsp | bram | fmax / target MHz | build s | result |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in results:
-        if e["ok"]:
-            r = e["resources"]
-            cell = lambda k: f"{r[k]['used']}/{r[k]['available']}" if k in r else "-"  # noqa: E731
-            lines.append(f"| {e['board']} | {e['config']} | {cell('logic')} | {cell('ff')} | {cell('dsp')} | "
-                         f"{cell('bram')} | {e['fmax_mhz']:.1f} / {e['target_mhz']:.1f} | {e['build_seconds']:.0f} | "
-                         f"{'met' if e['timing_met'] else 'timing missed'} |")
-        else:
-            u, cells = e["nextpnr_utilisation"], RESOURCE_CELLS[BOARDS[e["board"]].family]
-
-            def cell(k):
-                hit = [u[c] for c in cells.get(k, ()) if c in u]
-                return f"{hit[0]['used']}/{hit[0]['available']}" if hit else "-"
-            lines.append(f"| {e['board']} | {e['config']} | {cell('logic')} | {cell('ff')} | {cell('dsp')} | "
-                         f"{cell('bram')} | - | {e['build_seconds']:.0f} | does not fit |")
+        res = e["resources"] if e["ok"] else resources(e["nextpnr_utilisation"], BOARDS[e["board"]].family)
+        cols = " | ".join(f"{res[k]['used']}/{res[k]['available']}" if res.get(k, {}).get("available") else "-"
+                          for k in ("logic", "ff", "dsp", "bram"))
+        fmax = f"{e['fmax_mhz']:.1f} / {e['target_mhz']:.1f}" if e["ok"] else "-"
+        result = ("met" if e["timing_met"] else "timing missed") if e["ok"] else "does not fit"
+        lines.append(f"| {e['board']} | {e['config']} | {cols} | {fmax} | {e['build_seconds']:.0f} | {result} |")
     (out / "boards.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

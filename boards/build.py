@@ -22,7 +22,7 @@ from cimstack.errors import BuildError
 
 from .targets import Board, board as get_board
 
-__all__ = ["BuildReport", "build_bitstream", "check_timing", "tool_env", "RESOURCE_CELLS"]
+__all__ = ["BuildReport", "build_bitstream", "check_timing", "resources", "tool_env", "RESOURCE_CELLS"]
 
 #: nextpnr cell types counted in each report column, per family.
 RESOURCE_CELLS = {
@@ -92,12 +92,13 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def _parse_report(report: dict, family: str) -> dict:
-    util = report.get("utilization", {})
+def resources(utilisation: dict, family: str) -> dict:
+    """nextpnr's per-cell utilisation (``report['utilization']`` or the log's table) summed
+    into the report's columns."""
     out = {}
     for column, cells in RESOURCE_CELLS[family].items():
-        used = sum(util.get(c, {}).get("used", 0) for c in cells)
-        avail = sum(util.get(c, {}).get("available", 0) for c in cells)
+        used = sum(utilisation.get(c, {}).get("used", 0) for c in cells)
+        avail = sum(utilisation.get(c, {}).get("available", 0) for c in cells)
         out[column] = {"used": used, "available": avail}
     return out
 
@@ -110,26 +111,18 @@ def _fmax(report: dict) -> float | None:
     return min(achieved) if achieved else None
 
 
-_FIT_ERRORS = (
-    re.compile(r"ERROR: .*(?:Unable to place|not enough|Failed to place|exceeds|too many).*", re.I),
-    re.compile(r"ERROR: .*", re.I),
-)
-
-
 def _explain_failure(log: str, brd: Board, cfg: ChipConfig) -> str:
-    for pattern in _FIT_ERRORS:
-        found = pattern.findall(log)
-        if found:
-            first = found[0].strip()
-            hint = ""
-            if re.search(r"place|not enough|exceeds|too many|utilisation|utilization", first, re.I):
-                over = [f"{used} of {avail} {cell}" for cell, used, avail in
-                        re.findall(r"(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log) if int(used) > int(avail)]
-                needs = f" (it needs {', '.join(dict.fromkeys(over))})" if over else ""
-                hint = (f" — the {cfg.name} config does not fit the {brd.description}{needs}; "
-                        f"use a smaller config (fewer or smaller tiles, fewer mac_lanes)")
-            return first + hint
-    return log.strip().splitlines()[-1] if log.strip() else "no output"
+    """The tools' first error, a placement error first; for one, what the design needs."""
+    errors = re.findall(r"^ERROR: .*$", log, re.M)
+    fit = [e for e in errors if re.search(r"place|not enough|exceeds|too many", e, re.I)]
+    if not fit:
+        lines = log.strip().splitlines()
+        return errors[0].strip() if errors else (lines[-1] if lines else "no output")
+    over = [f"{used} of {avail} {cell}" for cell, used, avail in
+            re.findall(r"(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log) if int(used) > int(avail)]
+    needs = f" (it needs {', '.join(dict.fromkeys(over))})" if over else ""
+    return (f"{fit[0].strip()} — the {cfg.name} config does not fit the {brd.description}{needs}; "
+            f"use a smaller config (fewer or smaller tiles, fewer mac_lanes)")
 
 
 def build_bitstream(board_name: str, cfg: ChipConfig | str | None = None, out_root: str | Path = "build/boards",
@@ -180,7 +173,7 @@ def build_bitstream(board_name: str, cfg: ChipConfig | str | None = None, out_ro
     report = BuildReport(
         board=brd.name, device=f"{platform.device}-{platform.package}", config=cfg.name,
         config_hash=f"0x{cfg.datapath.config_hash:08x}", target_mhz=target, fmax_mhz=fmax,
-        timing_met=fmax is not None and fmax >= target, resources=_parse_report(raw, brd.family),
+        timing_met=fmax is not None and fmax >= target, resources=resources(raw.get("utilization", {}), brd.family),
         build_seconds=seconds, bitstream=str(bitstream), seed=seed)
     report.write(out_dir)
     if not bitstream.exists():

@@ -123,6 +123,11 @@ def test_link_faults_and_identity(server, tmp_path):
         with pytest.raises(ConfigMismatchError, match="hash"):
             Device(link, other)
         dev = Device(link, cfg)
+        # a register stores its fields' bits only: the rest reads 0 (docs/protocol.md)
+        dev.write("VMM_TILE", 0xFFFF_FFFF)
+        dev.write("WV_AMP", 0xFFFF_FFFF)
+        assert (dev.read("VMM_TILE"), dev.read("WV_AMP")) == (0xFF, 0xFF_FFFF)
+        dev.write("VMM_TILE", 0)
         with pytest.raises(InputRangeError, match="do not fit"):
             dev.vmm(0, src=cfg.soc.act_words - 3, dst=0)
         with pytest.raises(InputRangeError, match="amplitude"):
