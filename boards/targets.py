@@ -49,7 +49,7 @@ class Board:
 BOARDS = {b.name: b for b in (
     Board(name="icebreaker", description="1BitSquared iCEBreaker (Lattice iCE40UP5K-SG48)",
           platform="icebreaker:ICEBreakerPlatform", family="ice40", clock="clk12", clock_hz=12e6,
-          preset="ice40-tiny", leds=2, reset_button="button", bitstream_ext=".bin",
+          preset="icebreaker", leds=2, reset_button="button", bitstream_ext=".bin",
           loader_board="icebreaker", usb_ids=((0x0403, 0x6010),)),
     Board(name="ulx3s-85f", description="Radiona ULX3S 85F (Lattice ECP5 LFE5U-85F-6BG381C)",
           platform="ulx3s:ULX3S_85F_Platform", family="ecp5", clock="clk25", clock_hz=25e6,

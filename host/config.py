@@ -553,6 +553,12 @@ def _ice40_tiny() -> ChipConfig:
     )
 
 
+def _icebreaker() -> ChipConfig:
+    # ice40-tiny with one MAC lane and one ADC, so the whole SoC fits the iCE40UP5K's 5280
+    # logic cells (98 %, docs/boards.md); at 115200 baud the UART, not the lanes, sets the pace
+    return _ice40_tiny().replace(name="icebreaker", array=dict(mac_lanes=1, adc_share=1))
+
+
 def _ulx3s_85f() -> ChipConfig:
     # the default chip's datapath, two tiles of 64x64 with 8 MAC lanes, at 30 MHz from the
     # ULX3S 85F's 25 MHz oscillator (docs/boards.md gives its resources and fmax)
@@ -565,13 +571,14 @@ PRESETS = {
     "opencimtc-576x128": _opencimtc,
     "pcm-joshi2020": _pcm,
     "ice40-tiny": _ice40_tiny,
+    "icebreaker": _icebreaker,
     "ulx3s-85f": _ulx3s_85f,
 }
 
 
 def preset(name: str) -> ChipConfig:
     """A named preset: ``default``, ``opencimtc-576x128``, ``pcm-joshi2020``, ``ice40-tiny``,
-    ``ulx3s-85f``."""
+    ``icebreaker``, ``ulx3s-85f``."""
     try:
         return PRESETS[name]()
     except KeyError:

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from . import prng
 from .config import ChipConfig
 from .errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeout
 from .golden import GoldenTile, WriteVerifyJob, WriteVerifyResult, check_write_verify
@@ -69,7 +70,7 @@ class Device:
                 raise LinkTimeout(f"the device stayed busy (STATUS 0x{status:x}) for {self.poll_timeout} s")
 
     def reseed(self, seed: int) -> None:
-        self.write("SEED", seed)
+        self.write("SEED_KEY", prng.seed_key(seed))
         self.write("CONTROL", reseed=1)
 
     # -- tiles ---------------------------------------------------------------------------------
@@ -154,8 +155,10 @@ class Device:
             check_program(disassemble(words), self.cfg, pc)
         else:
             words = assemble(program, self.cfg, pc)
-        if not (1 <= iters < 1 << 16 and 0 <= in_stride < 1 << 16 and 0 <= out_stride < 1 << 16):
-            raise InputRangeError(f"iters {iters} (1..65535) / strides {in_stride}, {out_stride} (0..65535)")
+        n = self.cfg.soc.act_words
+        if not (1 <= iters < 1 << 16 and 0 <= in_stride < n and 0 <= out_stride < n):
+            raise InputRangeError(f"iters {iters} (1..65535) / strides {in_stride}, {out_stride} (0..{n - 1}, "
+                                  f"the activation buffer's words)")
         last = max(in_stride, out_stride) * (iters - 1)
         if last >= self.cfg.soc.act_words:
             raise InputRangeError(f"{iters} iterations of stride {max(in_stride, out_stride)} run past the "

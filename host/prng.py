@@ -11,8 +11,11 @@ value of sigma ``s`` is ``round_shift(z * q, NOISE_FRAC_BITS)`` with
 ``q = round(s / 147.80 * 2**NOISE_FRAC_BITS)``.
 
 Seeding: stream ``index`` of a chip seeded with ``seed`` starts from
-``seed_state(seed, index) = ((seed * 0x9E3779B1) ^ ((index + 1) * 0x85EBCA6B)) mod 2**32``,
-replaced by 0x6D2B79F5 when that is zero (xorshift's one fixed point).
+``seed_state(seed, index) = seed_key(seed) ^ stream_key(index)``, replaced by 0x6D2B79F5 when
+that is zero (xorshift's one fixed point), where ``seed_key(seed) = seed * 0x9E3779B1`` and
+``stream_key(index) = (index + 1) * 0x85EBCA6B``, both mod 2**32. The multiplication by the
+seed happens on the host (the chip's ``SEED_KEY`` register holds the key), so the gateware
+only XORs constants: no multiplier per generator on a small FPGA.
 Stream indices: tile ``t`` read-noise lane ``l`` is ``t * 1024 + l``; tile ``t`` cell-update
 generator is ``t * 1024 + 1023``.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["seed_state", "xorshift32", "xorshift32_states", "gauss_from_state", "round_shift", "noise",
+__all__ = ["seed_key", "stream_key", "seed_state", "xorshift32", "xorshift32_states", "gauss_from_state", "round_shift", "noise",
            "read_lane_stream", "update_stream"]
 
 MASK32 = 0xFFFF_FFFF
@@ -29,9 +32,17 @@ INDEX_MUL = 0x85EBCA6B
 ZERO_SEED = 0x6D2B79F5
 
 
+def seed_key(seed: int) -> int:
+    """What the host writes to ``SEED_KEY`` for ``seed``."""
+    return (seed * SEED_MUL) & MASK32
+
+
+def stream_key(index: int) -> int:
+    return ((index + 1) * INDEX_MUL) & MASK32
+
+
 def seed_state(seed: int, index: int) -> int:
-    s = ((seed * SEED_MUL) & MASK32) ^ (((index + 1) * INDEX_MUL) & MASK32)
-    return s or ZERO_SEED
+    return (seed_key(seed) ^ stream_key(index)) or ZERO_SEED
 
 
 def read_lane_stream(tile: int, lane: int) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from . import prng
 from .bitfields import Field, pack, unpack
 from .config import ChipConfig
 from .golden import memory_word_bits
@@ -28,7 +29,7 @@ __all__ = ["Field", "Register", "MemorySpace", "RegisterMap", "register_map", "I
            "WV_STUCK", "WV_JOB_FIELDS", "WV_RESULT_FIELDS"]
 
 ID_MAGIC = 0x434D5343            # "CSMC" little-endian bytes: b"CSMC"
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (2, 0)
 TILE_REG_BASE = 0x100
 TILE_REG_STRIDE = 0x10
 
@@ -125,9 +126,19 @@ def _layout(fields) -> str:
     return " | ".join(f"{f.name} ({f.width}{', signed' if f.signed else ''}: {f.doc})" for f in fields) + ", from bit 0 up."
 
 
+def _index_bits(n: int) -> int:
+    """Width of a field holding an index below ``n``."""
+    return max(1, (n - 1).bit_length())
+
+
 def register_map(cfg: ChipConfig) -> RegisterMap:
-    """The register map and memory spaces of the SoC built from ``cfg``."""
+    """The register map and memory spaces of the SoC built from ``cfg``.
+
+    Fields that hold a tile, row, lane group, lane, buffer address, instruction address or job
+    count are as wide as the config needs (offsets are fixed): the chip stores only field bits,
+    so a small chip stores fewer, and the host refuses a value that does not fit."""
     dp, a, s = cfg.datapath, cfg.array, cfg.soc
+    tile_w, act_w = _index_bits(a.tiles), _index_bits(s.act_words)
     regs = [
         Register("ID", 0x000, "ro", "Identifies a cimstack SoC: the bytes 'CSMC'.", _whole("magic"), ID_MAGIC, const=True),
         Register("VERSION", 0x001, "ro", "Protocol and register-map version.",
@@ -153,21 +164,23 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("CYCLES", 0x006, "ro", "Free-running system clock cycle counter (wraps at 2**32).",
                  _whole("cycles")),
         Register("SCRATCH", 0x007, "rw", "Scratch register for link tests; no effect.", _whole("value")),
-        Register("SEED", 0x008, "rw", "Seed every on-chip random generator restarts from on RESEED.",
-                 _whole("seed"), cfg.seed),
+        Register("SEED_KEY", 0x008, "rw",
+                 "Key of the seed every on-chip random generator restarts from on RESEED: "
+                 "seed * 0x9E3779B1 mod 2**32 (cimstack.prng.seed_key; Device.reseed writes it).",
+                 _whole("key"), prng.seed_key(cfg.seed)),
         Register("CONTROL", 0x009, "wo", "Chip-wide commands.",
-                 (_f("reseed", 0, 1, "restart every generator (read noise, cell update, verify) from SEED"),)),
+                 (_f("reseed", 0, 1, "restart every generator (read noise, cell update, verify) from SEED_KEY"),)),
         Register("LINK_FRAMES", 0x00A, "ro", "Frames received with a good CRC (wraps).", _whole("count")),
         Register("LINK_ERRORS", 0x00B, "ro",
                  "Frames rejected (bad CRC, bad length, overflow, unknown opcode or address) (wraps).",
                  _whole("count")),
         # single VMM through the sequencer (RUN unit 0)
-        Register("VMM_TILE", 0x010, "rw", "Tile a single VMM (RUN unit 0) runs on.", (_f("tile", 0, 8, "tile index"),)),
+        Register("VMM_TILE", 0x010, "rw", "Tile a single VMM (RUN unit 0) runs on.", (_f("tile", 0, tile_w, "tile index"),)),
         Register("VMM_SRC", 0x011, "rw",
                  "Activation-buffer address of the input vector (rows words, each clamped to the "
-                 "input range).", (_f("addr", 0, 16, "word address"),)),
+                 "input range).", (_f("addr", 0, act_w, "word address"),)),
         Register("VMM_DST", 0x012, "rw", "Activation-buffer address the cols outputs are written to.",
-                 (_f("addr", 0, 16, "word address"),)),
+                 (_f("addr", 0, act_w, "word address"),)),
         Register("VMM_FLAGS", 0x013, "rw", "VMM options.",
                  (_f("accumulate", 0, 1, "add the outputs to the buffer (wrapping 32-bit) instead of storing them"),
                   _f("mode", 1, 2, "input mode: 0 the config's, 1 bit_serial, 2 amplitude, 3 unary"))),
@@ -175,22 +188,23 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  _whole("cycles")),
         # sequencer
         Register("SEQ_PC", 0x030, "rw", "Instruction address a program run (RUN unit 2) starts at.",
-                 (_f("pc", 0, 12, "instruction address"),)),
+                 (_f("pc", 0, _index_bits(s.instr_words), "instruction address"),)),
         Register("SEQ_ITERS", 0x031, "rw", "Iterations of the program's LOOP (the batch size).",
                  (_f("iters", 0, 16, "iterations"),), 1),
         Register("SEQ_IN_STRIDE", 0x032, "rw", "Words COPY adds to src per iteration when src_iter is set.",
-                 (_f("stride", 0, 16, "words"),)),
+                 (_f("stride", 0, act_w, "words"),)),
         Register("SEQ_OUT_STRIDE", 0x033, "rw", "Words COPY adds to dst per iteration when dst_iter is set.",
-                 (_f("stride", 0, 16, "words"),)),
+                 (_f("stride", 0, act_w, "words"),)),
         Register("SEQ_STATE", 0x034, "ro", "Where the sequencer is.",
                  (_f("pc", 0, 12, "current instruction address"), _f("iteration", 16, 15, "loop iteration"),
                   _f("error", 31, 1, "the last program hit an invalid opcode"))),
         Register("SEQ_EXECUTED", 0x035, "ro", "Instructions the last program executed.", _whole("count")),
         Register("SEQ_CYCLES", 0x036, "ro", "Clock cycles the last program ran, RUN to HALT.", _whole("cycles")),
         # write-verify
-        Register("WV_TILE", 0x018, "rw", "Tile the write-verify job list programs.", (_f("tile", 0, 8, "tile index"),)),
+        Register("WV_TILE", 0x018, "rw", "Tile the write-verify job list programs.",
+                 (_f("tile", 0, tile_w, "tile index"),)),
         Register("WV_COUNT", 0x019, "rw", "Number of jobs (from entry 0 of WV_JOBS) the next run processes.",
-                 (_f("count", 0, 16, "jobs"),)),
+                 (_f("count", 0, s.wv_jobs.bit_length(), "jobs"),)),
         Register("WV_MAX_PULSES", 0x01A, "rw", "Pulse budget per cell.", (_f("pulses", 0, 10, "pulses"),), 32),
         Register("WV_AMP", 0x01B, "rw",
                  "Pulse amplitude schedule: start, increment per repeated same-polarity pulse, limit.",
@@ -200,9 +214,11 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("WV_DONE", 0x01C, "ro", "Jobs finished in the current or last run.", (_f("count", 0, 16, "jobs"),)),
         # single-cell access
         Register("CELL_ADDR", 0x020, "rw", "The cell CELL_OP acts on.",
-                 (_f("tile", 0, 8, "tile"), _f("row", 8, 16, "row"), _f("cell", 24, 1, "0 = G+, 1 = G-"))),
+                 (_f("tile", 0, tile_w, "tile"), _f("row", 8, _index_bits(a.rows), "row"),
+                  _f("cell", 24, 1, "0 = G+, 1 = G-"))),
         Register("CELL_UNIT", 0x021, "rw", "The cell's column unit as group and lane.",
-                 (_f("group", 0, 8, "MAC lane group"), _f("lane", 8, 8, "lane in the group"))),
+                 (_f("group", 0, _index_bits(dp.groups), "MAC lane group"),
+                  _f("lane", 8, _index_bits(a.mac_lanes), "lane in the group"))),
         Register("CELL_OP", 0x022, "wo", "Start a single-cell operation; poll STATUS.cell_busy.",
                  (_f("pulse", 0, 1, "0: read the cell (with verify read noise), 1: apply one pulse"),
                   _f("polarity", 1, 1, "0 SET (conductance up), 1 RESET (down)"),

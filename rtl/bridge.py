@@ -14,6 +14,8 @@ from cimstack.config import ChipConfig
 from cimstack.protocol import CRC, CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, ErrorCode, Op
 from cimstack.regmap import RegisterMap
 
+from .arith import const_mul
+
 __all__ = ["HostBridge", "TxFramer", "MemoryBus", "RUN_UNITS"]
 
 RUN_UNITS = ("vmm", "wv", "seq")        # RUN's unit byte indexes this tuple
@@ -207,11 +209,13 @@ class HostBridge(wiring.Component):
         # per-space constants
         sp_ok, sp_read = Signal(), Signal()
         sp_wb = Signal(range(W // 8 + 1))
+        sp_count_bytes = Signal(16 + (W // 8).bit_length())     # READ_MEM's count in bytes
         sp_depth = Signal(17)
         with m.Switch(arg_space):
             for s in regmap.spaces:
                 with m.Case(s.space):
                     m.d.comb += [sp_ok.eq(1), sp_read.eq(s.access == "rw"), sp_wb.eq(s.word_bytes),
+                                 sp_count_bytes.eq(const_mul(mem_count_arg, s.word_bytes)),
                                  sp_depth.eq(s.depth)]
 
         resp_len = Signal(16)
@@ -219,14 +223,17 @@ class HostBridge(wiring.Component):
 
         m.d.comb += [framer.i.payload.data.eq(out_sr[:8]), framer.i.payload.last.eq(left == 1)]
 
+        # respond() and fail() only raise a strobe and name the length or error code: the wide
+        # response registers are loaded in one place below, not once per call site
+        resp_go, resp_bytes, resp_kind = Signal(), Signal(16 + (W // 8).bit_length()), Signal(3)
+        fail_go, fail_code = Signal(), Signal(8)
+
         def respond(length, payload_kind):
-            m.d.sync += [out_sr.eq(Cat(seq, op | RESPONSE_BIT, length[:16])), out_cnt.eq(4),
-                         left.eq(4 + length), kind.eq(payload_kind), ptr.eq(HEADER_BYTES)]
+            m.d.comb += [resp_go.eq(1), resp_bytes.eq(length), resp_kind.eq(payload_kind)]
             m.next = "SEND"
 
         def fail(code):
-            m.d.sync += [err.eq(code), out_sr.eq(Cat(seq, C(Op.ERROR, 8), C(2, 16))), out_cnt.eq(4),
-                         left.eq(6), kind.eq(K_ERR), self.frames_bad.eq(self.frames_bad + 1)]
+            m.d.comb += [fail_go.eq(1), fail_code.eq(code)]
             m.next = "SEND"
 
         with m.FSM():
@@ -282,13 +289,13 @@ class HostBridge(wiring.Component):
                         with m.Elif(~sp_ok | ~sp_read | (mem_count_arg == 0)
                                     | (mem_addr_arg + mem_count_arg > sp_depth)):
                             fail(ErrorCode.BAD_ADDRESS)
-                        with m.Elif(mem_count_arg * sp_wb > max_payload):
+                        with m.Elif(sp_count_bytes > max_payload):
                             fail(ErrorCode.BAD_LENGTH)
                         with m.Elif(any_busy):
                             fail(ErrorCode.BUSY)
                         with m.Else():
                             m.d.sync += [n.eq(mem_count_arg), mem_addr.eq(mem_addr_arg)]
-                            respond(mem_count_arg * sp_wb, K_MEM)
+                            respond(sp_count_bytes, K_MEM)
                     with m.Case(Op.WRITE_MEM):
                         with m.If(~sp_ok):
                             fail(ErrorCode.BAD_ADDRESS)
@@ -406,4 +413,11 @@ class HostBridge(wiring.Component):
                 with m.If(self.mem.ack):
                     m.d.sync += [out_sr.eq(self.mem.r_data), out_cnt.eq(sp_wb), mem_addr.eq(mem_addr + 1)]
                     m.next = "SEND"
+
+        with m.If(resp_go):
+            m.d.sync += [out_sr.eq(Cat(seq, op | RESPONSE_BIT, resp_bytes[:16])), out_cnt.eq(4),
+                         left.eq(4 + resp_bytes), kind.eq(resp_kind), ptr.eq(HEADER_BYTES)]
+        with m.If(fail_go):
+            m.d.sync += [err.eq(fail_code), out_sr.eq(Cat(seq, C(Op.ERROR, 8), C(2, 16))), out_cnt.eq(4),
+                         left.eq(6), kind.eq(K_ERR), self.frames_bad.eq(self.frames_bad + 1)]
         return m

@@ -19,7 +19,8 @@ def irwin_hall(x: Value) -> Value:
     return (s - 510).as_signed()
 
 
-def reseed_value(seed: Value, index: int) -> Value:
-    """Initial state of stream ``index`` for a run-time ``seed`` (see :func:`cimstack.prng.seed_state`)."""
-    s = (seed * ref.SEED_MUL)[:32] ^ ((index + 1) * ref.INDEX_MUL & ref.MASK32)
+def reseed_value(key: Value, index: int) -> Value:
+    """Initial state of stream ``index`` for a run-time seed key (``SEED_KEY``, the host's
+    :func:`cimstack.prng.seed_key`; see :func:`cimstack.prng.seed_state`)."""
+    s = key ^ ref.stream_key(index)
     return Mux(s == 0, ref.ZERO_SEED, s)

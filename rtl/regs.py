@@ -1,6 +1,9 @@
 """The register decoder, generated from the one declaration in :mod:`cimstack.regmap`."""
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -47,22 +50,42 @@ class RegisterFile(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        with m.Switch(self.addr):
-            for r in self.regmap.registers:
-                with m.Case(r.addr):
-                    m.d.comb += [self.hit.eq(1), self.writable.eq(r.access != "ro")]
-                    if r.const:
-                        m.d.comb += self.r_data.eq(r.reset)
-                    elif r.access in ("rw", "ro"):
-                        m.d.comb += self.r_data.eq(getattr(self, port_name(r.name)))
-                    if r.access == "rw":
-                        # only the declared fields are stored: other bits read as 0 (and the
-                        # flip-flops behind them are optimised away)
-                        mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
-                        assert r.reset & ~mask == 0, f"{r.name}: reset value outside its fields"
-                        with m.If(self.w_en):
-                            m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data & mask)
-                    elif r.access == "wo":
-                        m.d.comb += [getattr(self, port_name(r.name)).eq(self.w_data),
-                                     getattr(self, port_name(r.name) + "_w").eq(self.w_en)]
+        regs = self.regmap.registers
+        # registers are told apart by the address bits below the highest one in use; the bits
+        # above only have to be zero, checked once rather than in every comparison
+        abits = max(r.addr for r in regs).bit_length()
+        in_range = self.addr[abits:] == 0
+        sel = {}
+        for r in regs:
+            sel[r.name] = Signal(name=f"sel_{port_name(r.name)}")
+            m.d.comb += sel[r.name].eq(self.addr[:abits] == r.addr)
+        m.d.comb += [self.hit.eq(in_range & Cat(*sel.values()).any()),
+                     self.writable.eq(in_range & Cat(*(sel[r.name] for r in regs if r.access != "ro")).any())]
+
+        # read data: an AND-OR over the readable registers, each contributing only its fields'
+        # bits (the others read 0)
+        terms = []
+        for r in regs:
+            mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
+            if r.const:
+                value = C(r.reset & mask, 32)
+            elif r.access in ("rw", "ro"):
+                value = getattr(self, port_name(r.name)) & mask
+            else:
+                continue
+            terms.append(Mux(sel[r.name], value, 0))
+        m.d.comb += self.r_data.eq(functools.reduce(operator.or_, terms))
+
+        for r in regs:
+            write = self.w_en & in_range & sel[r.name]
+            if r.access == "rw":
+                # only the declared fields are stored: other bits read as 0 (and the
+                # flip-flops behind them are optimised away)
+                mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
+                assert r.reset & ~mask == 0, f"{r.name}: reset value outside its fields"
+                with m.If(write):
+                    m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data & mask)
+            elif r.access == "wo":
+                m.d.comb += [getattr(self, port_name(r.name)).eq(self.w_data),
+                             getattr(self, port_name(r.name) + "_w").eq(write)]
         return m

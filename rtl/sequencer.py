@@ -15,13 +15,9 @@ from cimstack.config import ChipConfig
 from cimstack.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
 
 from .noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
-from .tile import _clamp
+from .arith import clamp
 
 __all__ = ["Sequencer"]
-
-
-def _clamp_to(v: Value, lo: Value, hi: int) -> Value:
-    return Mux(v < lo, lo, Mux(v > hi, hi, v))
 
 
 def _field(word: Value, op: str, name: str) -> Value:
@@ -95,11 +91,14 @@ class Sequencer(wiring.Component):
         mode_f = _field(ins, "VMM", "mode")
         mode = Signal(2)
         m.d.comb += mode.eq(Mux(mode_f == 0, cfg.datapath.mode().code, mode_f - 1))
-        in_lo = Signal(signed(ib + 1))
-        m.d.comb += in_lo.eq(-(1 << (ib - 1)))
+        # an input word clamped to the mode's range: the signed ib-bit range, whose most
+        # negative value unary lacks (its digits are symmetric)
+        in_min, in_max = -(1 << (ib - 1)), (1 << (ib - 1)) - 1
+        x_sat, x_in = Signal(signed(ib)), Signal(signed(ib))
+        m.d.comb += [x_sat.eq(clamp(self.rd_data.as_signed(), in_min, in_max)), x_in.eq(x_sat)]
         if "unary" in cfg.datapath.modes:
-            with m.If(mode == cfg.datapath.mode("unary").code):
-                m.d.comb += in_lo.eq(-(1 << (ib - 1)) + 1)
+            with m.If((mode == cfg.datapath.mode("unary").code) & (x_sat == in_min)):
+                m.d.comb += x_in.eq(in_min + 1)
         p_src, p_dst, p_n = _field(ins, "POST", "src"), _field(ins, "POST", "dst"), _field(ins, "POST", "n")
         mul, shift, relu = _field(ins, "POST", "mul"), _field(ins, "POST", "shift"), _field(ins, "POST", "relu")
         src_iter, dst_iter = _field(ins, "COPY", "src_iter"), _field(ins, "COPY", "dst_iter")
@@ -118,21 +117,22 @@ class Sequencer(wiring.Component):
         m.d.comb += [copy_src.eq(p_src + Mux(is_copy & src_iter, src_offset, 0) + i),
                      copy_dst.eq(p_dst + Mux(is_copy & dst_iter, dst_offset, 0) + i)]
 
-        product = Signal(signed(48))        # registered in RW_MUL: the multiplier gets its own cycle
-        # round half up then shift: one adder and one barrel shifter for every shift amount
-        half = Signal(33)
-        m.d.comb += half.eq((C(1, 33) << shift) >> 1)
-        rounded = Signal(signed(49))
-        m.d.comb += rounded.eq(product + half)
-        shifted = Signal(signed(48))
-        m.d.comb += shifted.eq(rounded >> shift)
+        # POST's rounding shift, one bit per cycle in RW_SHIFT (a barrel shifter would be the
+        # sequencer's largest block): round_shift(x, s) = (x >> s) + bit s-1 of x, so the
+        # product shifts right while the bit it last shifted out is kept
+        product = Signal(signed(41))        # registered in RW_MUL: the multiplier gets its own cycle
+        to_shift = Signal(5)
+        round_bit = Signal()
+        shifted = Signal(signed(42))
+        m.d.comb += shifted.eq(product + round_bit)
         posted = Mux(relu & (shifted < 0), 0, shifted)
-        posted_sat = _clamp(posted, -(1 << 31), (1 << 31) - 1)
+        posted_sat = clamp(posted, -(1 << 31), (1 << 31) - 1)
+
+        retire = Signal()          # the instruction is done: its registers update in one place below
 
         def next_instruction():
-            m.d.sync += [self.pc.eq(self.pc + 1), i.eq(0), k.eq(0), self.executed.eq(self.executed + 1)]
+            m.d.comb += retire.eq(1)
             with m.If(single):
-                m.d.sync += [self.busy.eq(0), single.eq(0)]
                 m.next = "IDLE"
             with m.Else():
                 m.next = "FETCH"
@@ -200,7 +200,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.rd_addr.eq(in_addr), self.inject.valid.eq(1),
                              self.inject.payload.dest.eq(Mux(split_rows, C(1, 1) << node_k, all_tiles)),
                              self.inject.payload.kind.eq(KIND_ACT), self.inject.payload.index.eq(i),
-                             self.inject.payload.value.eq(_clamp_to(self.rd_data.as_signed(), in_lo, (1 << (ib - 1)) - 1))]
+                             self.inject.payload.value.eq(x_in)]
                 with m.If(self.inject.ready):
                     with m.If(i == rows - 1):
                         m.d.sync += i.eq(0)
@@ -225,8 +225,14 @@ class Sequencer(wiring.Component):
                     m.next = "RW_WRITE"
             with m.State("RW_MUL"):
                 m.d.comb += self.rd_addr.eq(copy_src)
-                m.d.sync += product.eq(self.rd_data.as_signed() * mul)
-                m.next = "RW_WRITE"
+                m.d.sync += [product.eq(self.rd_data.as_signed() * mul), to_shift.eq(shift), round_bit.eq(0)]
+                m.next = "RW_SHIFT"
+            with m.State("RW_SHIFT"):
+                m.d.comb += self.rd_addr.eq(copy_src)
+                with m.If(to_shift != 0):
+                    m.d.sync += [product.eq(product >> 1), round_bit.eq(product[0]), to_shift.eq(to_shift - 1)]
+                with m.Else():
+                    m.next = "RW_WRITE"
             with m.State("RW_WRITE"):
                 m.d.comb += [self.rd_addr.eq(copy_src), s_we.eq(1), s_addr.eq(copy_dst),
                              s_data.eq(Mux(op == POST, posted_sat, self.rd_data))]
@@ -241,4 +247,8 @@ class Sequencer(wiring.Component):
                     next_instruction()
                 with m.Else():
                     m.d.sync += i.eq(i + 1)
+        with m.If(retire):
+            m.d.sync += [self.pc.eq(self.pc + 1), i.eq(0), k.eq(0), self.executed.eq(self.executed + 1)]
+            with m.If(single):
+                m.d.sync += [self.busy.eq(0), single.eq(0)]
         return m

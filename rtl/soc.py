@@ -154,7 +154,7 @@ class CimSoC(wiring.Component):
             wv.cell_row.eq(cell_addr[8:24]), wv.cell_cell.eq(cell_addr[24]),
             wv.cell_group.eq(cell_unit[0:8]), wv.cell_lane.eq(cell_unit[8:16]),
             wv.cell_pulse.eq(cell_op[0]), wv.cell_polarity.eq(cell_op[1]), wv.cell_amplitude.eq(cell_op[8:16]),
-            wv.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), wv.seed.eq(reg("SEED")),
+            wv.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), wv.seed_key.eq(reg("SEED_KEY")),
         ]
         for t, tile in enumerate(tiles):
             sel = wv.tile == t
@@ -170,7 +170,7 @@ class CimSoC(wiring.Component):
                 tile.adc_gain.eq(reg(f"TILE{t}_ADC_GAIN")[:8]),
                 tile.adc_offset.eq(reg(f"TILE{t}_ADC_OFFSET")[:cfg.adc.bits]),
                 tile.relu.eq(reg(f"TILE{t}_RELU")[0]),
-                tile.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), tile.seed.eq(reg("SEED")),
+                tile.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), tile.seed_key.eq(reg("SEED_KEY")),
             ]
 
         # ---- memory bus: the bridge's bulk reads and writes ------------------------------

@@ -19,6 +19,7 @@ from cimstack import prng as ref_prng
 from cimstack.config import NOISE_FRAC_BITS, ChipConfig
 from cimstack.golden import memory_word_bits
 
+from .arith import clamp, const_mul, round_shift
 from .prng import irwin_hall, reseed_value, xorshift32_next
 
 __all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftAccumulator",
@@ -28,17 +29,6 @@ __all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftA
 def _bits_for(n: int) -> int:
     """Unsigned width that can count 0 .. n-1 (at least 1)."""
     return max(1, (n - 1).bit_length())
-
-
-def _round_shift(v: Value, n: int) -> Value:
-    """Hardware twin of :func:`cimstack.prng.round_shift` (add half, arithmetic shift)."""
-    if n == 0:
-        return v
-    return (v + (1 << (n - 1))) >> n
-
-
-def _clamp(v: Value, lo: int, hi: int) -> Value:
-    return Mux(v < lo, lo, Mux(v > hi, hi, v))
 
 
 class Layouts:
@@ -106,7 +96,9 @@ class DacController(wiring.Component):
         m = Module()
         cfg, dp, lay = self.cfg, self.cfg.datapath, self.lay
         rows, bits = cfg.array.rows, cfg.input.bits
-        m.submodules.buf = buf = memory.Memory(shape=signed(bits), depth=rows, init=[])
+        # block RAM even when small: as flip-flops, each bit would take a logic cell of its own
+        m.submodules.buf = buf = memory.Memory(shape=signed(bits), depth=rows, init=[],
+                                               attrs={"ram_style": "block"})
         wr, rd = buf.write_port(), buf.read_port()
 
         load_row = Signal(range(rows))
@@ -194,7 +186,7 @@ class CrossbarMacro(wiring.Component):
             "pulse_done": Out(stream.Signature(cfg.datapath.state_bits)),
             "vmm_busy": In(1),
             "reseed": In(1),
-            "seed": In(32),
+            "seed_key": In(32),
         })
 
     def _lane_diff(self, m: Module, word: Value, lane: int) -> Value:
@@ -251,7 +243,6 @@ class CrossbarMacro(wiring.Component):
         upd_rng = Signal(32, init=upd_seed)
         req = Signal(lay.pulse)
         upd_addr = Signal(lay.addr_bits)
-        new_word = Signal(lay.word_bits)
         done_valid = Signal()
         done_state = Signal(dp.state_bits)
         m.d.comb += [self.pulse_done.valid.eq(done_valid), self.pulse_done.payload.eq(done_state)]
@@ -259,7 +250,7 @@ class CrossbarMacro(wiring.Component):
             m.d.sync += done_valid.eq(0)
 
         with m.If(self.reseed):
-            m.d.sync += upd_rng.eq(reseed_value(self.seed, ref_prng.update_stream(self.tile)))
+            m.d.sync += upd_rng.eq(reseed_value(self.seed_key, ref_prng.update_stream(self.tile)))
 
         # the selected cell's entry in the word just read
         cells = dp.cells_per_unit
@@ -268,20 +259,26 @@ class CrossbarMacro(wiring.Component):
         state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
         nxt = xorshift32_next(upd_rng)
         dist = Mux(req.polarity, state + 1, gs + 1 - state)
-        step = _round_shift(req.amplitude * dp.pulse_step_q * dist, dp.state_bits + 4)
-        # the pulse model spans three cycles (UPDATE, NOISE, MOVE): the word and the step are
-        # registered, then the noise product, so no cycle holds more than one multiplier chain
-        word_r = Signal(lay.word_bits)
-        step_r = Signal(signed(32))
+        step = round_shift(const_mul(req.amplitude * dist, dp.pulse_step_q), dp.state_bits + 4)
+        # the pulse model spans three cycles (UPDATE, NOISE, MOVE): the step is registered, then
+        # the noise product, so no cycle holds more than one multiplier chain; the word read
+        # stays on the read port, which is paused until WRITE
+        word_r = rd.data
+        # widths from the largest step (any amplitude the request can carry) and the largest
+        # noise on it, so the adders are as wide as the values they can hold
+        amp_max = (1 << len(req.amplitude)) - 1
+        step_max = (amp_max * (gs + 1) * dp.pulse_step_q + (1 << (dp.state_bits + 3))) >> (dp.state_bits + 4)
+        noise_max = (step_max * 510 * dp.c2c_noise_q + (1 << (NOISE_FRAC_BITS - 1))) >> NOISE_FRAC_BITS
+        step_r = Signal(range(step_max + 1))
         z_r = Signal(signed(11))
-        noise_r = Signal(signed(40))
+        noise_r = Signal(range(-noise_max, noise_max + 1))
         entry_r = word_r.word_select(index, E)
         state_r, stuck_r = entry_r[:dp.state_bits], entry_r[dp.state_bits:]
-        noisy = Signal(signed(40))
+        noisy = Signal(range(-noise_max, step_max + noise_max + 1))
         m.d.comb += noisy.eq(step_r + noise_r)
         moved = Mux(req.polarity, state_r - noisy, state_r + noisy)
         new_state = Signal(dp.state_bits)
-        m.d.comb += new_state.eq(Mux(stuck_r != 0, state_r, _clamp(moved, 0, gs)))
+        m.d.comb += new_state.eq(Mux(stuck_r != 0, state_r, clamp(moved, 0, gs)))
 
         load_take = self.load.valid & self.load.ready
         with m.FSM() as fsm:
@@ -300,23 +297,25 @@ class CrossbarMacro(wiring.Component):
                                  done_state.eq(Mux(stuck[1], gs, Mux(stuck[0], 0, state)))]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [upd_rng.eq(nxt), word_r.eq(rd.data), step_r.eq(step), z_r.eq(irwin_hall(nxt))]
+                    m.d.sync += [upd_rng.eq(nxt), step_r.eq(step), z_r.eq(irwin_hall(nxt))]
                     m.next = "NOISE"
             with m.State("NOISE"):
-                m.d.sync += noise_r.eq(_round_shift(step_r * z_r * dp.c2c_noise_q, NOISE_FRAC_BITS))
+                m.d.sync += noise_r.eq(round_shift(const_mul(step_r * z_r, dp.c2c_noise_q), NOISE_FRAC_BITS))
                 m.next = "MOVE"
             with m.State("MOVE"):
-                m.d.sync += [new_word.eq(word_r), done_state.eq(new_state)]
-                m.d.sync += new_word.word_select(index, E).eq(Cat(new_state, stuck_r))
+                m.d.sync += done_state.eq(new_state)
                 m.next = "WRITE"
             with m.State("WRITE"):
-                m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(new_word)]
+                # the word read, with the moved cell's state patched in
+                m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(word_r),
+                             wr.data.word_select(index, E).eq(Cat(done_state, stuck_r))]
                 m.d.sync += done_valid.eq(1)
                 m.next = "IDLE"
 
         m.d.comb += [
             self.load.ready.eq(~self.vmm_busy & ~fsm.ongoing("WRITE")),
             rd.addr.eq(Mux(self.vmm_busy, vmm_addr, upd_addr)),
+            rd.en.eq(~(fsm.ongoing("UPDATE") | fsm.ongoing("NOISE") | fsm.ongoing("MOVE"))),
         ]
         with m.If(load_take):
             m.d.comb += [wr.en.eq(1), wr.addr.eq(self.load.payload.addr), wr.data.eq(self.load.payload.data)]
@@ -339,7 +338,7 @@ class AdcController(wiring.Component):
             "gain": In(8),
             "offset": In(signed(cfg.adc.bits)),
             "reseed": In(1),
-            "seed": In(32),
+            "seed_key": In(32),
         })
 
     def elaborate(self, platform):
@@ -377,11 +376,11 @@ class AdcController(wiring.Component):
                         with m.Case(j):
                             m.d.comb += [rng.eq(rngs[lane]), analog_in.eq(held.sums[lane])]
                 nxt = xorshift32_next(rng)
-                noise = _round_shift(irwin_hall(nxt) * dp.read_noise_q, NOISE_FRAC_BITS)
+                noise = round_shift(const_mul(irwin_hall(nxt), dp.read_noise_q), NOISE_FRAC_BITS)
                 analog = Signal(signed(dp.sum_bits + 2), name=f"adc{a}_analog")
                 m.d.sync += analog.eq(analog_in + noise)
                 code = Signal(signed(cfg.adc.bits), name=f"adc{a}_code")
-                m.d.comb += code.eq(_clamp(_round_shift(analog * self.gain, cfg.adc.gain_shift) + self.offset,
+                m.d.comb += code.eq(clamp(round_shift(analog * self.gain, cfg.adc.gain_shift) + self.offset,
                                            dp.adc_min, dp.adc_max))
                 with m.Switch(k):
                     for j, lane in enumerate(lanes_a):
@@ -401,7 +400,7 @@ class AdcController(wiring.Component):
 
         with m.If(self.reseed):
             for l, rng in enumerate(rngs):
-                m.d.sync += rng.eq(reseed_value(self.seed, ref_prng.read_lane_stream(self.tile, l)))
+                m.d.sync += rng.eq(reseed_value(self.seed_key, ref_prng.read_lane_stream(self.tile, l)))
         return m
 
 
@@ -481,24 +480,32 @@ class PostProcessor(wiring.Component):
         init = [{"bias": 0, "scale": 1}] * cfg.array.cols
         m.submodules.params = params = memory.Memory(shape=layout, depth=cfg.array.cols, init=init)
         wr = params.write_port()
-        rd = params.read_port(domain="comb")
+        # a synchronous read port (block RAM on FPGAs): stage 1 holds the column while its
+        # parameters are read, stage 2 computes; the read advances only with stage 1
+        rd = params.read_port()
         m.d.comb += [self.param_write.ready.eq(1), wr.en.eq(self.param_write.valid),
                      wr.addr.eq(self.param_write.payload.col),
                      wr.data.bias.eq(self.param_write.payload.bias),
                      wr.data.scale.eq(self.param_write.payload.scale)]
 
+        s1_valid = Signal()
+        s1 = Signal(self.lay.column)
         out_valid = Signal()
         out = Signal(self.lay.output)
+        s2_free = ~out_valid | self.y.ready
+        advance = ~s1_valid | s2_free
         m.d.comb += [self.y.valid.eq(out_valid), self.y.payload.eq(out),
-                     self.columns.ready.eq(~out_valid | self.y.ready),
-                     rd.addr.eq(self.columns.payload.col)]
+                     self.columns.ready.eq(advance),
+                     rd.addr.eq(self.columns.payload.col), rd.en.eq(advance)]
         with m.If(self.y.ready):
             m.d.sync += out_valid.eq(0)
-        with m.If(self.columns.valid & self.columns.ready):
-            v = _round_shift((self.columns.payload.value + rd.data.bias) * rd.data.scale, p.shift)
+        with m.If(advance):
+            m.d.sync += [s1_valid.eq(self.columns.valid), s1.eq(self.columns.payload)]
+        with m.If(s1_valid & s2_free):
+            v = round_shift((s1.value + rd.data.bias) * rd.data.scale, p.shift)
             v = Mux(self.relu & (v < 0), 0, v)
             lo, hi = -(1 << (p.out_bits - 1)), (1 << (p.out_bits - 1)) - 1
-            m.d.sync += [out_valid.eq(1), out.col.eq(self.columns.payload.col), out.value.eq(_clamp(v, lo, hi))]
+            m.d.sync += [out_valid.eq(1), out.col.eq(s1.col), out.value.eq(clamp(v, lo, hi))]
         return m
 
 
@@ -506,7 +513,8 @@ class CimTile(wiring.Component):
     """A complete tile: ``load`` weights and post-processing parameters, stream ``x`` (one
     beat per row) to start a VMM, read ``y`` (one beat per column, column order), apply
     ``pulse`` requests between VMMs. ``adc_gain``, ``adc_offset``, ``relu`` are run-time
-    registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed``.
+    registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed_key``
+    (:func:`cimstack.prng.seed_key` of the seed).
     ``mode`` selects the VMM's input mode (an :data:`~cimstack.config.INPUT_MODES` code); it
     is sampled with every input beat, and the value with the last row holds for the VMM.
     """
@@ -525,7 +533,7 @@ class CimTile(wiring.Component):
             "relu": In(1, init=int(cfg.post.relu)),
             "mode": In(2, init=cfg.datapath.mode().code),
             "reseed": In(1),
-            "seed": In(32),
+            "seed_key": In(32),
             "busy": Out(1),
         })
 
@@ -580,7 +588,7 @@ class CimTile(wiring.Component):
             post.param_write.valid.eq(self.load.valid & (self.load.payload.target == 1) & ~self.busy),
             self.load.ready.eq(Mux(self.load.payload.target == 0, xbar.load.ready, ~self.busy)),
             adc.gain.eq(self.adc_gain), adc.offset.eq(self.adc_offset), post.relu.eq(self.relu),
-            xbar.reseed.eq(self.reseed), xbar.seed.eq(self.seed),
-            adc.reseed.eq(self.reseed), adc.seed.eq(self.seed),
+            xbar.reseed.eq(self.reseed), xbar.seed_key.eq(self.seed_key),
+            adc.reseed.eq(self.reseed), adc.seed_key.eq(self.seed_key),
         ]
         return m

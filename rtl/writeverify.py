@@ -17,7 +17,8 @@ from cimstack.bitfields import contiguous
 from cimstack.regmap import WV_CONVERGED, WV_FAILED, WV_JOB_FIELDS, WV_RESULT_FIELDS, WV_STUCK
 
 from .prng import irwin_hall, reseed_value, xorshift32_next
-from .tile import Layouts, _round_shift
+from .arith import clamp, const_mul, round_shift
+from .tile import Layouts
 
 __all__ = ["WriteVerifyController", "JobLayout", "ResultLayout"]
 
@@ -54,7 +55,7 @@ class WriteVerifyController(wiring.Component):
             "tile": Out(8),
             "pulse": Out(stream.Signature(self.lay.pulse)),
             "pulse_done": In(stream.Signature(dp.state_bits)),
-            "reseed": In(1), "seed": In(32),
+            "reseed": In(1), "seed_key": In(32),
         })
 
     def elaborate(self, platform):
@@ -64,7 +65,7 @@ class WriteVerifyController(wiring.Component):
 
         rng = Signal(32, init=ref_prng.seed_state(cfg.seed, VERIFY_STREAM))
         with m.If(self.reseed):
-            m.d.sync += rng.eq(reseed_value(self.seed, VERIFY_STREAM))
+            m.d.sync += rng.eq(reseed_value(self.seed_key, VERIFY_STREAM))
 
         job = Signal(JobLayout)
         idx = Signal(16)
@@ -74,8 +75,12 @@ class WriteVerifyController(wiring.Component):
         pulses = Signal(12)
         amp = Signal(8)
         last = Signal(2)
-        r = Signal(signed(32))
-        first = Signal(signed(32))
+        # a verify read is a state plus bounded noise: size the read and error datapath to it
+        # rather than to 32 bits (the results' error field saturates at 16 bits anyway)
+        noise_max = (510 * dp.verify_noise_q + (1 << (NOISE_FRAC_BITS - 1))) >> NOISE_FRAC_BITS
+        read_bits = ((1 << dp.state_bits) - 1 + noise_max).bit_length() + 1
+        r = Signal(signed(read_bits))
+        first = Signal(signed(read_bits))
         is_first = Signal()
         single = Signal()                  # a CELL_OP, not a job
         req = Signal(self.lay.pulse)
@@ -85,14 +90,16 @@ class WriteVerifyController(wiring.Component):
 
         # noisy verify read of the state in pulse_done
         nxt = xorshift32_next(rng)
-        noise = _round_shift(irwin_hall(nxt) * dp.verify_noise_q, NOISE_FRAC_BITS)
-        read_value = Signal(signed(32))
+        noise = round_shift(const_mul(irwin_hall(nxt), dp.verify_noise_q), NOISE_FRAC_BITS)
+        read_value = Signal(signed(read_bits))
         m.d.comb += read_value.eq(self.pulse_done.payload + noise)
 
-        err = Signal(signed(32))
+        err = Signal(signed(max(read_bits, len(job.target) + 1) + 1))
         m.d.comb += err.eq(r - job.target)
         abs_err = Mux(err < 0, -err, err)
-        moved = Mux(r - first < 0, first - r, r - first)
+        drift = Signal(signed(read_bits + 1))
+        m.d.comb += drift.eq(r - first)
+        moved = Mux(drift < 0, -drift, drift)
         pol = Mux(err < 0, SET, RESET)
         grown = Signal(9)
         m.d.comb += grown.eq(amp + a_step)
@@ -104,7 +111,7 @@ class WriteVerifyController(wiring.Component):
         def finish(status):
             m.d.comb += [self.res_we.eq(1), self.res_data.status.eq(status),
                          self.res_data.pulses.eq(pulses),
-                         self.res_data.error.eq(Mux(err < -32768, -32768, Mux(err > 32767, 32767, err)))]
+                         self.res_data.error.eq(clamp(err, -32768, 32767))]
             m.d.sync += [idx.eq(idx + 1), self.done_count.eq(self.done_count + 1)]
             with m.If(idx + 1 == count):
                 m.d.sync += self.busy.eq(0)

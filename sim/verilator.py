@@ -118,6 +118,7 @@ def build_soc(cfg: ChipConfig, phy: str = "stream", build_root: str | Path = "bu
 
 def build_mesh(nodes: int, build_root: str | Path = "build/sim") -> CocotbTop:
     """Verilate the router mesh alone (``nodes`` endpoints) for the traffic bench."""
+    from amaranth import Module, Signal, Value
     from amaranth.back import verilog
 
     from cimstack.config import preset
@@ -126,5 +127,13 @@ def build_mesh(nodes: int, build_root: str | Path = "build/sim") -> CocotbTop:
     build_dir = Path(build_root).resolve() / f"mesh-{nodes}"
     build_dir.mkdir(parents=True, exist_ok=True)
     vfile = build_dir / "noc_mesh.v"
-    vfile.write_text(verilog.convert(Mesh(nodes), name="noc_mesh"))
+    mesh = Mesh(nodes)
+    # a one-tile chip's network is pure wiring and would have no clock port; the bench still
+    # steps a clock, so the top always has one
+    top = Module()
+    top.submodules.mesh = mesh
+    ticks = Signal(2)
+    top.d.sync += ticks.eq(ticks + 1)
+    ports = [Value.cast(v) for _, _, v in mesh.signature.flatten(mesh)]      # clk and rst come with sync
+    vfile.write_text(verilog.convert(top, name="noc_mesh", ports=ports))
     return build_cocotb_top(preset("default"), vfile, "noc_mesh", NOC_BENCH, build_dir)

@@ -126,7 +126,8 @@ def test_link_faults_and_identity(server, tmp_path):
         # a register stores its fields' bits only: the rest reads 0 (docs/protocol.md)
         dev.write("VMM_TILE", 0xFFFF_FFFF)
         dev.write("WV_AMP", 0xFFFF_FFFF)
-        assert (dev.read("VMM_TILE"), dev.read("WV_AMP")) == (0xFF, 0xFF_FFFF)
+        tile_bits = dev.map["VMM_TILE"].fields[0].width           # as many as the config's tiles need
+        assert (dev.read("VMM_TILE"), dev.read("WV_AMP")) == ((1 << tile_bits) - 1, 0xFF_FFFF)
         dev.write("VMM_TILE", 0)
         with pytest.raises(InputRangeError, match="do not fit"):
             dev.vmm(0, src=cfg.soc.act_words - 3, dst=0)

@@ -26,6 +26,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from amaranth.hdl import Shape
 
+from cimstack import prng
 from cimstack.config import ChipConfig
 from cimstack.rtl.tile import Layouts
 
@@ -140,7 +141,7 @@ async def run_job(dut):
     dut.adc_gain.value = job.get("adc_gain", cfg.adc.gain)
     dut.adc_offset.value = job.get("adc_offset", cfg.adc.offset) & ((1 << cfg.adc.bits) - 1)
     dut.relu.value = int(job.get("relu", cfg.post.relu))
-    dut.seed.value = 0
+    dut.seed_key.value = 0
     await drv.reset()
     cocotb.start_soon(drv.count_cycles())
 
@@ -165,7 +166,7 @@ async def run_job(dut):
         elif kind == "pulse":
             results.append(await drv.pulse(op))
         elif kind == "reseed":
-            dut.seed.value = op["seed"]
+            dut.seed_key.value = prng.seed_key(op["seed"])
             dut.reseed.value = 1
             await RisingEdge(dut.clk)
             dut.reseed.value = 0
