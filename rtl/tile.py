@@ -220,7 +220,10 @@ class CrossbarMacro(wiring.Component):
         with m.If(self.sums.ready):
             m.d.sync += out_valid.eq(0)
 
-        m.d.comb += self.digits.ready.eq(~out_valid & ~(s1_valid & s1.last_row))
+        # a VMM and a cell update never share the read port: a VMM that starts while an update
+        # is under way (the host may RUN a VMM during write-verify) waits for it to finish
+        rmw_idle = Signal()
+        m.d.comb += self.digits.ready.eq(~out_valid & ~(s1_valid & s1.last_row) & rmw_idle)
         take = self.digits.valid & self.digits.ready
         vmm_addr = self.digits.payload.group * rows + self.digits.payload.row
         m.d.sync += [s1_valid.eq(take), s1.eq(self.digits.payload)]
@@ -313,8 +316,9 @@ class CrossbarMacro(wiring.Component):
                 m.next = "IDLE"
 
         m.d.comb += [
+            rmw_idle.eq(fsm.ongoing("IDLE")),
             self.load.ready.eq(~self.vmm_busy & ~fsm.ongoing("WRITE")),
-            rd.addr.eq(Mux(self.vmm_busy, vmm_addr, upd_addr)),
+            rd.addr.eq(Mux(rmw_idle, vmm_addr, upd_addr)),
             rd.en.eq(~(fsm.ongoing("UPDATE") | fsm.ongoing("NOISE") | fsm.ongoing("MOVE"))),
         ]
         with m.If(load_take):
