@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .errors import InputRangeError
 
-__all__ = ["Field", "pack", "unpack", "contiguous"]
+__all__ = ["Field", "index_bits", "pack", "unpack", "contiguous"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Field:
         if self.signed:
             return -(1 << (self.width - 1)), (1 << (self.width - 1)) - 1
         return 0, (1 << self.width) - 1
+
+
+def index_bits(n: int) -> int:
+    """Width of an unsigned field holding an index below ``n`` (at least 1)."""
+    return max(1, (n - 1).bit_length())
 
 
 def pack(fields: tuple[Field, ...], values: dict[str, int], owner: str, base: int = 0) -> int:

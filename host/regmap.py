@@ -16,11 +16,13 @@ Registers are 32 bits wide and word-addressed (address ``n`` is the n-th registe
 """
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from dataclasses import asdict, dataclass, field
 
 from . import prng
-from .bitfields import Field, pack, unpack
+from .bitfields import Field, index_bits, pack, unpack
 from .config import ChipConfig
 from .golden import memory_word_bits
 
@@ -57,6 +59,11 @@ class Register:
     fields: tuple[Field, ...]
     reset: int = 0
     const: bool = False               # read-only constant the register file itself holds
+
+    @property
+    def mask(self) -> int:
+        """The bits its fields cover: the only bits a rw register stores."""
+        return functools.reduce(operator.or_, (f.mask for f in self.fields), 0)
 
     def pack(self, **values: int) -> int:
         """The register word with the named fields set (others zero)."""
@@ -126,11 +133,6 @@ def _layout(fields) -> str:
     return " | ".join(f"{f.name} ({f.width}{', signed' if f.signed else ''}: {f.doc})" for f in fields) + ", from bit 0 up."
 
 
-def _index_bits(n: int) -> int:
-    """Width of a field holding an index below ``n``."""
-    return max(1, (n - 1).bit_length())
-
-
 def register_map(cfg: ChipConfig) -> RegisterMap:
     """The register map and memory spaces of the SoC built from ``cfg``.
 
@@ -138,7 +140,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
     count are as wide as the config needs (offsets are fixed): the chip stores only field bits,
     so a small chip stores fewer, and the host refuses a value that does not fit."""
     dp, a, s = cfg.datapath, cfg.array, cfg.soc
-    tile_w, act_w = _index_bits(a.tiles), _index_bits(s.act_words)
+    tile_w, act_w = index_bits(a.tiles), index_bits(s.act_words)
     regs = [
         Register("ID", 0x000, "ro", "Identifies a cimstack SoC: the bytes 'CSMC'.", _whole("magic"), ID_MAGIC, const=True),
         Register("VERSION", 0x001, "ro", "Protocol and register-map version.",
@@ -188,7 +190,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                  _whole("cycles")),
         # sequencer
         Register("SEQ_PC", 0x030, "rw", "Instruction address a program run (RUN unit 2) starts at.",
-                 (_f("pc", 0, _index_bits(s.instr_words), "instruction address"),)),
+                 (_f("pc", 0, index_bits(s.instr_words), "instruction address"),)),
         Register("SEQ_ITERS", 0x031, "rw", "Iterations of the program's LOOP (the batch size).",
                  (_f("iters", 0, 16, "iterations"),), 1),
         Register("SEQ_IN_STRIDE", 0x032, "rw", "Words COPY adds to src per iteration when src_iter is set.",
@@ -214,11 +216,11 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("WV_DONE", 0x01C, "ro", "Jobs finished in the current or last run.", (_f("count", 0, 16, "jobs"),)),
         # single-cell access
         Register("CELL_ADDR", 0x020, "rw", "The cell CELL_OP acts on.",
-                 (_f("tile", 0, tile_w, "tile"), _f("row", 8, _index_bits(a.rows), "row"),
+                 (_f("tile", 0, tile_w, "tile"), _f("row", 8, index_bits(a.rows), "row"),
                   _f("cell", 24, 1, "0 = G+, 1 = G-"))),
         Register("CELL_UNIT", 0x021, "rw", "The cell's column unit as group and lane.",
-                 (_f("group", 0, _index_bits(dp.groups), "MAC lane group"),
-                  _f("lane", 8, _index_bits(a.mac_lanes), "lane in the group"))),
+                 (_f("group", 0, index_bits(dp.groups), "MAC lane group"),
+                  _f("lane", 8, index_bits(a.mac_lanes), "lane in the group"))),
         Register("CELL_OP", 0x022, "wo", "Start a single-cell operation; poll STATUS.cell_busy.",
                  (_f("pulse", 0, 1, "0: read the cell (with verify read noise), 1: apply one pulse"),
                   _f("polarity", 1, 1, "0 SET (conductance up), 1 RESET (down)"),

@@ -66,11 +66,10 @@ class RegisterFile(wiring.Component):
         # bits (the others read 0)
         terms = []
         for r in regs:
-            mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
             if r.const:
-                value = C(r.reset & mask, 32)
+                value = C(r.reset & r.mask, 32)
             elif r.access in ("rw", "ro"):
-                value = getattr(self, port_name(r.name)) & mask
+                value = getattr(self, port_name(r.name)) & r.mask
             else:
                 continue
             terms.append(Mux(sel[r.name], value, 0))
@@ -81,10 +80,9 @@ class RegisterFile(wiring.Component):
             if r.access == "rw":
                 # only the declared fields are stored: other bits read as 0 (and the
                 # flip-flops behind them are optimised away)
-                mask = sum(((1 << f.width) - 1) << f.offset for f in r.fields)
-                assert r.reset & ~mask == 0, f"{r.name}: reset value outside its fields"
+                assert r.reset & ~r.mask == 0, f"{r.name}: reset value outside its fields"
                 with m.If(write):
-                    m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data & mask)
+                    m.d.sync += getattr(self, port_name(r.name)).eq(self.w_data & r.mask)
             elif r.access == "wo":
                 m.d.comb += [getattr(self, port_name(r.name)).eq(self.w_data),
                              getattr(self, port_name(r.name) + "_w").eq(write)]

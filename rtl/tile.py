@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from cimstack import prng as ref_prng
 from cimstack.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.bitfields import index_bits
 from cimstack.golden import memory_word_bits
 
 from .arith import clamp, const_mul, round_shift
@@ -24,11 +25,6 @@ from .prng import irwin_hall, reseed_value, xorshift32_next
 
 __all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftAccumulator",
            "PostProcessor", "Layouts"]
-
-
-def _bits_for(n: int) -> int:
-    """Unsigned width that can count 0 .. n-1 (at least 1)."""
-    return max(1, (n - 1).bit_length())
 
 
 class Layouts:
@@ -41,12 +37,12 @@ class Layouts:
         self.entry_bits = dp.state_bits + 2
         self.word_bits = memory_word_bits(cfg)
         self.depth = dp.groups * a.rows
-        self.addr_bits = _bits_for(max(self.depth, a.cols))
-        self.row_bits = _bits_for(a.rows)
-        self.group_bits = _bits_for(dp.groups)
+        self.addr_bits = index_bits(max(self.depth, a.cols))
+        self.row_bits = index_bits(a.rows)
+        self.group_bits = index_bits(dp.groups)
         self.max_pulses = max(md.pulses for md in dp.modes.values())
-        self.pulse_bits = _bits_for(self.max_pulses)
-        self.col_bits = _bits_for(a.cols)
+        self.pulse_bits = index_bits(self.max_pulses)
+        self.col_bits = index_bits(a.cols)
         self.digit_bits = max(2, max(max(-md.digit_min, md.digit_max) for md in dp.modes.values()).bit_length() + 1)
         self.post_word_bits = cfg.post.bias_bits + cfg.post.scale_bits
 
@@ -70,7 +66,7 @@ class Layouts:
         self.column = data.StructLayout({"value": signed(dp.acc_bits), "col": self.col_bits})
         self.output = data.StructLayout({"value": signed(cfg.post.out_bits), "col": self.col_bits})
         self.pulse = data.StructLayout({
-            "row": self.row_bits, "group": self.group_bits, "lane": _bits_for(a.mac_lanes),
+            "row": self.row_bits, "group": self.group_bits, "lane": index_bits(a.mac_lanes),
             "cell": 1, "polarity": 1, "amplitude": 8,
             "read": 1,                         # 1: no pulse, return the cell's effective state
         })
