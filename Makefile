@@ -33,7 +33,7 @@ sim: $(STAMP)
 
 ## gen: write the SoC Verilog and register map (JSON, Markdown, C header) for PRESET under build/gen
 gen: $(STAMP)
-	$(PY) -m cimstack.gen --preset $(PRESET)
+	$(VENV)/bin/cimstack gen --config $(PRESET)
 
 ## bench: SoC, model, training, tuning/IR-drop and full-size bitstream benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
 bench: $(STAMP)
@@ -46,12 +46,12 @@ bench: $(STAMP)
 ## bitstream: build BOARD's bitstream (ulx3s-85f, icebreaker) with the YoWASP tools from PyPI;
 ## CONFIG=<preset|file> overrides the board's preset; report.json/report.md next to it under build/boards/
 bitstream: $(STAMP)
-	$(PY) -m cimstack.boards build $(BOARD) $(if $(CONFIG),--config $(CONFIG))
+	$(VENV)/bin/cimstack bitstream $(BOARD) $(if $(CONFIG),--config $(CONFIG))
 
 ## flash: program BOARD with openFPGALoader (LOADER=iceprog for iCE40); PORT=/dev/ttyUSBn picks
 ## the board; FLASH=1 writes the SPI flash instead of SRAM; DRY_RUN=1 only prints the command
 flash: $(STAMP)
-	$(PY) -m cimstack.boards flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(LOADER),--loader $(LOADER)) \
+	$(VENV)/bin/cimstack flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(LOADER),--loader $(LOADER)) \
 		$(if $(CONFIG),--config $(CONFIG)) $(if $(FLASH),--write-flash) $(if $(DRY_RUN),--dry-run)
 
 clean:

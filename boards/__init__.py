@@ -2,7 +2,7 @@
 board (:mod:`.targets`), bitstream builds with the YoWASP tools and their resource/timing
 report (:mod:`.build`), and programming a board (:mod:`.flash`). See docs/boards.md.
 
-``python -m cimstack.boards build|flash|list`` is what ``make bitstream`` / ``make flash`` run.
+``cimstack bitstream`` / ``cimstack flash`` / ``cimstack boards`` (and ``make bitstream`` / ``make flash``) run them.
 """
 from .targets import BOARDS, Board, board
 

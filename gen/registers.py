@@ -11,7 +11,7 @@ from cimstack.regmap import PROTOCOL_VERSION, RegisterMap, register_map
 __all__ = ["regmap_markdown", "regmap_c_header", "write_regmap", "update_section", "update_protocol_doc",
            "update_isa_doc", "DOC_BEGIN", "DOC_END", "ISA_BEGIN", "ISA_END"]
 
-DOC_BEGIN = "<!-- BEGIN GENERATED REGISTER MAP (python -m cimstack.gen --docs) -->"
+DOC_BEGIN = "<!-- BEGIN GENERATED REGISTER MAP (cimstack gen --docs) -->"
 DOC_END = "<!-- END GENERATED REGISTER MAP -->"
 
 
@@ -104,7 +104,7 @@ def update_protocol_doc(doc: str | Path, cfg: ChipConfig) -> bool:
     return update_section(doc, DOC_BEGIN, DOC_END, regmap_markdown(register_map(cfg), tiles_shown=1))
 
 
-ISA_BEGIN = "<!-- BEGIN GENERATED INSTRUCTION SET (python -m cimstack.gen --docs) -->"
+ISA_BEGIN = "<!-- BEGIN GENERATED INSTRUCTION SET (cimstack gen --docs) -->"
 ISA_END = "<!-- END GENERATED INSTRUCTION SET -->"
 
 

@@ -14,7 +14,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tomli_w
 
@@ -23,7 +23,7 @@ from .errors import ConfigError
 __all__ = [
     "ArrayConfig", "CellConfig", "MappingConfig", "InputConfig", "AdcConfig", "PostConfig",
     "DeviceConfig", "ClockConfig", "SocConfig", "ChipConfig", "Datapath", "InputMode", "INPUT_MODES", "PRESETS", "preset", "load",
-    "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA",
+    "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA", "allowed_values",
 ]
 
 #: Fixed-point fraction of the noise scale factors (read noise, cycle-to-cycle pulse noise).
@@ -33,7 +33,27 @@ NOISE_FRAC_BITS = 16
 IRWIN_HALL_SIGMA = math.sqrt(4 * (256 ** 2 - 1) / 12)
 
 
+#: while not None, every field check records the range or choices it allowed, keyed
+#: "section.field" (:func:`allowed_values`, for the generated config reference)
+_allowed: dict[str, Any] | None = None
+
+
+def allowed_values() -> dict[str, Any]:
+    """What each field's check allows: ``(lo, hi)`` or a tuple of choices, keyed
+    ``"section.field"``. Ranges that depend on another field (``input.dac_bits`` up to
+    ``input.bits``, ``adc.offset`` by ``adc.bits``) are given at the default config."""
+    global _allowed
+    _allowed = {}
+    try:
+        ChipConfig()
+        return dict(_allowed)
+    finally:
+        _allowed = None
+
+
 def _check_int(section: str, name: str, value: Any, lo: int, hi: int) -> None:
+    if _allowed is not None:
+        _allowed[f"{section}.{name}"] = (lo, hi)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{section}.{name} must be an integer in {lo}..{hi}, got {value!r}")
     if not lo <= value <= hi:
@@ -41,6 +61,8 @@ def _check_int(section: str, name: str, value: Any, lo: int, hi: int) -> None:
 
 
 def _check_float(section: str, name: str, value: Any, lo: float, hi: float) -> None:
+    if _allowed is not None:
+        _allowed[f"{section}.{name}"] = (lo, hi)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{section}.{name} must be a number in [{lo}, {hi}], got {value!r}")
     if not lo <= value <= hi:
@@ -48,6 +70,8 @@ def _check_float(section: str, name: str, value: Any, lo: float, hi: float) -> N
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if _allowed is not None:
+        _allowed[f"{section}.{name}"] = tuple(choices)
     if value not in choices:
         raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(choices)}")
 
@@ -60,6 +84,14 @@ class ArrayConfig:
     (bit slices), each unit one cell (offset scheme) or a cell pair (differential scheme).
     ``mac_lanes`` column units are accumulated in parallel, ``adc_share`` units share one ADC.
     """
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'tiles': 'tiles (crossbar arrays) on the chip',
+        'rows': 'word lines per tile',
+        'cols': 'logical weight columns per tile',
+        'mac_lanes': 'column units accumulated in parallel; divides cols x slices and is a multiple of the slices',
+        'adc_share': 'column units per ADC (conversion time only); divides mac_lanes',
+    }
 
     tiles: int = 4
     rows: int = 64
@@ -84,6 +116,11 @@ class CellConfig:
     than one level.
     """
 
+    DOCS: ClassVar[dict[str, str]] = {
+        'cell_bits': 'conductance code bits per cell (2**bits levels)',
+        'frac_bits': 'extra state bits below the code, for fine pulse updates',
+    }
+
     cell_bits: int = 4
     frac_bits: int = 4
 
@@ -100,6 +137,11 @@ class MappingConfig:
     ``offset``: w split into balanced signed digits ``u - 2**(cell_bits-1)``; the reference
     column holds the mid code and is subtracted on the bit line.
     """
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'weight_bits': 'signed weight width',
+        'scheme': '`differential` (G+/G- pair, digits of \\|w\\|) or `offset` (balanced digits and a reference column)',
+    }
 
     weight_bits: int = 8
     scheme: str = "differential"
@@ -118,6 +160,13 @@ class InputConfig:
     ``unary``: 2**(b-1)-1 pulses of amplitude sign(x), pulse k active while |x| > k.
     ``v_read`` is the word-line voltage of one input unit (used by the physics emulator).
     """
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'bits': 'signed input width (unary mode: at most 8)',
+        'mode': 'default input encoding; each VMM may select another at run time',
+        'dac_bits': 'DAC digit width in amplitude mode (1 otherwise)',
+        'v_read': 'word-line voltage of one input unit (V), physics emulator',
+    }
 
     bits: int = 8
     mode: str = "bit_serial"
@@ -142,6 +191,13 @@ class AdcConfig:
     ``gain`` models the integration time (OpenCIMTC's IT 1..63) and is a run-time register.
     """
 
+    DOCS: ClassVar[dict[str, str]] = {
+        'bits': 'ADC output width',
+        'gain': 'integration-time gain (run-time register)',
+        'gain_shift': 'the gain is gain / 2**gain_shift',
+        'offset': 'ADC offset in codes (run-time register)',
+    }
+
     bits: int = 8
     gain: int = 8
     gain_shift: int = 4
@@ -158,6 +214,14 @@ class AdcConfig:
 @dataclass(frozen=True)
 class PostConfig:
     """Digital post-processing of each column: ((y + bias) * scale) >> shift, ReLU, saturate."""
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'out_bits': 'saturation width of the tile outputs',
+        'bias_bits': 'width of the per-column bias',
+        'scale_bits': 'width of the per-column scale',
+        'shift': 'right shift after scaling',
+        'relu': 'ReLU at reset (run-time register)',
+    }
 
     out_bits: int = 24
     bias_bits: int = 16
@@ -187,6 +251,28 @@ class DeviceConfig:
     in units of one cell code times one input unit. ``pulse_step_lsb`` is the state change
     (in state LSBs) of a unit-amplitude SET pulse on a cell at zero conductance (soft bounds).
     """
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'model': '`generic` (the constant sigmas below) or `pcm` (Joshi et al. 2020 statistics)',
+        'g_min_us': 'lowest conductance (µS)',
+        'g_max_us': 'highest conductance (µS)',
+        'prog_noise_sigma': 'programming noise σ / g_max (generic model)',
+        'read_noise_sigma': 'per-cell read noise σ / g (generic model); in the RTL, the write-verify read noise σ / full scale',
+        'output_noise_lsb': 'on-chip read noise per ADC conversion, σ in code x input units (PRNG-driven in the RTL)',
+        'drift_nu': 'mean drift exponent ν (generic model)',
+        'drift_nu_std': 'device-to-device σ of ν',
+        'drift_t0_s': 'drift reference time t0 (s)',
+        'stuck_at_0_rate': 'probability that a cell is stuck at g_min',
+        'stuck_at_gmax_rate': 'probability that a cell is stuck at g_max',
+        'd2d_sigma': 'device-to-device conductance variation (relative)',
+        'pulse_step_lsb': 'soft-bounds step of a unit SET pulse at G = 0, in state LSBs',
+        'pulse_c2c_sigma': 'cycle-to-cycle noise of a pulse step (relative)',
+        'pulse_max_amplitude': 'largest write-verify pulse amplitude',
+        'iv_a1': 'I-V nonlinearity x -> a1 + a2 x + a3 sign(x) x², constant term',
+        'iv_a2': 'I-V nonlinearity, linear term',
+        'iv_a3': 'I-V nonlinearity, quadratic term',
+        'wire_resistance_ohm': 'wire segment resistance (Ω); above 0 the emulator solves IR drop and compile corrects for it',
+    }
 
     model: str = "generic"
     g_min_us: float = 0.1
@@ -234,6 +320,11 @@ class DeviceConfig:
 class ClockConfig:
     """System clock of the SoC and the host UART rate."""
 
+    DOCS: ClassVar[dict[str, str]] = {
+        'clock_hz': 'SoC clock (Hz); at least 4x uart_baud',
+        'uart_baud': 'host UART rate (baud)',
+    }
+
     clock_hz: int = 25_000_000
     uart_baud: int = 115_200
 
@@ -253,6 +344,13 @@ class SocConfig:
     bridge buffers (a frame is checked completely before anything it carries is applied);
     ``instr_words`` 64-bit words of sequencer program memory.
     """
+
+    DOCS: ClassVar[dict[str, str]] = {
+        'act_words': 'activation buffer, 32-bit words',
+        'wv_jobs': 'write-verify job list entries per run',
+        'max_payload': 'largest frame payload the host bridge buffers (bytes)',
+        'instr_words': 'sequencer program memory, 64-bit instructions',
+    }
 
     act_words: int = 4096
     wv_jobs: int = 1024
@@ -350,6 +448,11 @@ def _signed_bits(lo: int, hi: int) -> int:
 class ChipConfig:
     """The whole chip. Build it from a preset (:func:`preset`), a TOML file (:func:`load`) or
     directly; derive variants with :meth:`replace`."""
+
+    DOCS: ClassVar[dict[str, str]] = {
+        "name": "config name (also names build folders)",
+        "seed": "seed of the chip instance and of every on-chip PRNG stream",
+    }
 
     name: str = "default"
     array: ArrayConfig = field(default_factory=ArrayConfig)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Split", "digits", "load_idx", "SHAPES"]
+from .errors import ConfigError
+
+__all__ = ["Split", "digits", "load", "load_idx", "SHAPES"]
 
 #: ``digits`` layouts: flat vectors for MLPs, 1-channel images for CNNs, row sequences for RNNs.
 SHAPES = {"flat": (64,), "image": (1, 8, 8), "sequence": (8, 8)}
@@ -99,3 +101,38 @@ def load_idx(images_path: str | Path, labels_path: str | Path) -> tuple[torch.Te
     x = torch.from_numpy(pixels.reshape(n, rows, cols).astype(np.float32) / 255.0)
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
+
+
+def load(spec: str | Path, seed: int = 0) -> Split:
+    """A data set by name, as the command line gives it.
+
+    ``digits-flat``, ``digits-image``, ``digits-sequence`` (``digits`` is ``digits-flat``), or
+    the path of an ``.npz`` file with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``
+    (``x`` float, ``y`` integer class indices; the first axis is the sample).
+    """
+    spec = str(spec)
+    if spec == "digits" or spec.startswith("digits-") and spec[7:] in SHAPES:
+        return digits(spec[7:] or "flat", seed=seed)
+    path = Path(spec)
+    if path.suffix != ".npz":
+        raise ConfigError(f"unknown data set {spec!r}: use digits-flat, digits-image, digits-sequence "
+                          f"or an .npz file with x_train, y_train, x_test, y_test")
+    if not path.is_file():
+        raise ConfigError(f"data set file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as exc:
+        raise ConfigError(f"{path}: missing array {exc}; an .npz data set needs x_train, y_train, x_test, y_test") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable .npz file ({exc})") from None
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if len(x) != len(y) or len(x) == 0:
+            raise ConfigError(f"{path}: x_{part} has {len(x)} samples and y_{part} {len(y)}; they must match and not be empty")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise ConfigError(f"{path}: y_{part} must hold non-negative integer class indices, got {y.dtype}")
+        if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+            raise ConfigError(f"{path}: x_{part} must be finite numbers")
+    return Split(*(torch.from_numpy(np.ascontiguousarray(arrays[k]).astype(np.float32 if k[0] == "x" else np.int64))
+                   for k in ("x_train", "y_train", "x_test", "y_test")), name=path.stem)

@@ -59,6 +59,10 @@ class ProgramReport:
     backend: str
     layers: list[LayerProgramStats] = field(default_factory=list)
     seconds: float = 0.0
+    # per layer, over its cells: write-verify target and final error (last read - target),
+    # state LSBs; what the programming-error and conductance histograms are drawn from
+    targets: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def cells(self) -> int:
@@ -240,7 +244,7 @@ class Deployment:
             t1 = time.perf_counter()
             jobs = self.cell_jobs(t, layer, tol)
             status, pulses, error = backend.write_verify(t, jobs, max_pulses, amp_start, amp_step, amp_max)
-            stats.setdefault(layer.name, []).append((status, pulses, error, time.perf_counter() - t1))
+            stats.setdefault(layer.name, []).append((status, pulses, error, time.perf_counter() - t1, jobs.target))
             bar.update(1)
         bar.close()
         for layer in self.layers:
@@ -248,6 +252,8 @@ class Deployment:
             status = np.concatenate([p[0] for p in parts])
             pulses = np.concatenate([p[1] for p in parts])
             error = np.concatenate([p[2] for p in parts]).astype(np.float64)
+            report.targets[layer.name] = np.concatenate([np.asarray(p[4], dtype=np.int64) for p in parts])
+            report.errors[layer.name] = error
             report.layers.append(LayerProgramStats(
                 layer.name, len(status), int(pulses.sum()), int(pulses.max(initial=0)),
                 int((status == WV_CONVERGED).sum()), int((status == WV_FAILED).sum()), int((status == WV_STUCK).sum()),
@@ -258,6 +264,25 @@ class Deployment:
             bad = ", ".join(f"{s.layer}: {s.failed} failed, {s.stuck} stuck" for s in report.layers if s.failed + s.stuck)
             raise ProgrammingError(f"write-verify left {report.failed_cells} cells out of tolerance ({bad})")
         return report
+
+    def attach(self, backend: Backend) -> None:
+        """Run on a chip this deployment already programmed (in an earlier process, e.g.
+        ``cimstack program`` then ``cimstack run --no-program``): set the tiles' registers and
+        the noise seed as :meth:`program` does, without erasing or writing a cell. Only a
+        device keeps its cells between processes; the models start erased."""
+        if backend.cfg != self.cfg:
+            raise ConfigError(f"the backend runs config {backend.cfg.name!r}, the deployment was compiled "
+                              f"for {self.cfg.name!r}")
+        if backend.name != "device":
+            raise ConfigError(f"the {backend.name} backend starts erased in every process: program it "
+                              f"(leave out --no-program)")
+        backend.reseed_noise(self.seed)
+        for t in self.placement.tiles_used:
+            if self.ir_compensation:
+                self.cell_targets(t)              # sets the tile's gain that the correction left
+            backend.configure_tile(t, self.cfg.adc.gain, self.cfg.adc.offset, self.post_scale)
+            self._adc_loaded.setdefault(backend, {})[t] = (self.cfg.adc.gain, self.cfg.adc.offset)
+        self.backend = backend
 
     # -- inference -----------------------------------------------------------------------------
     def run(self, x, backend: Backend | None = None) -> torch.Tensor:

@@ -19,9 +19,10 @@ from tqdm.auto import trange
 
 from . import datasets
 from .datasets import Split
+from .errors import ConfigError
 
 __all__ = ["DigitsMLP", "DigitsCNN", "DigitsGRU", "DigitsLSTM", "DigitsResNet", "ResidualBlock",
-           "MODELS", "DEFAULTS", "train", "accuracy", "train_digits"]
+           "MODELS", "DEFAULTS", "build", "train", "accuracy", "train_digits"]
 
 
 class DigitsMLP(nn.Module):
@@ -177,6 +178,22 @@ def train(model: nn.Module, split: Split, epochs: int = 30, lr: float = 1e-2,
     return {"train_accuracy": accuracy(model, split.x_train, split.y_train),
             "test_accuracy": accuracy(model, split.x_test, split.y_test),
             "epochs": epochs, "seconds": seconds}
+
+
+#: name -> the constructor argument ``build(name, width=...)`` sets
+WIDTH_ARGS = {"mlp": "hidden", "cnn": "channels", "gru": "hidden", "lstm": "hidden", "resnet": "width"}
+
+
+def build(name: str, width: int | None = None) -> nn.Module:
+    """A fresh ``MODELS[name]``; ``width`` sets its size (hidden units, or channels: the CNN's
+    two stages get ``width`` and ``2 * width``)."""
+    if name not in MODELS:
+        raise ConfigError(f"model {name!r} is not one of {', '.join(MODELS)}")
+    if width is not None:
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 4096:
+            raise ConfigError(f"model width must be an integer in 1..4096, got {width!r}")
+        return MODELS[name][0](**{WIDTH_ARGS[name]: (width, 2 * width) if name == "cnn" else width})
+    return MODELS[name][0]()
 
 
 def train_digits(name: str, seed: int = 0,

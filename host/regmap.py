@@ -3,7 +3,7 @@
 Everything else is generated from :func:`register_map`: the RTL decoder
 (:class:`cimstack.rtl.regs.RegisterFile`), the host's register access
 (:class:`cimstack.device.Device`), and the JSON, Markdown and C header that
-``python -m cimstack.gen`` writes. Never copy an address by hand.
+``cimstack gen`` writes. Never copy an address by hand.
 
 Registers are 32 bits wide and word-addressed (address ``n`` is the n-th register). Access:
 

@@ -164,7 +164,7 @@ def test_flash_dry_run_prints_the_exact_command(tmp_path, monkeypatch):
         ["openFPGALoader", "-b", "ice40_generic", str(binf.resolve())]
     assert flash_command(ice, binf, loader="iceprog") == ["iceprog", "-S", str(binf)]
     # the Makefile path prints the same command
-    proc = subprocess.run([sys.executable, "-m", "cimstack.boards", "flash", "ulx3s-85f", "--bitstream", str(bit),
+    proc = subprocess.run([sys.executable, "-m", "cimstack.cli", "flash", "ulx3s-85f", "--bitstream", str(bit),
                            "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"dry run: openFPGALoader -b ulx3s {bit}"
 

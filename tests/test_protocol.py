@@ -81,14 +81,14 @@ def test_generated_header_and_markdown_name_every_register():
 
 
 def test_protocol_doc_register_map_is_current(tmp_path):
-    """docs/protocol.md carries the generated map; regenerate with python -m cimstack.gen --docs."""
+    """docs/protocol.md carries the generated map; regenerate with cimstack gen --docs."""
     from pathlib import Path
     doc = Path(__file__).parent.parent / "docs" / "protocol.md"
     copy = tmp_path / "protocol.md"
     copy.write_text(doc.read_text())
     assert DOC_BEGIN in copy.read_text() and DOC_END in copy.read_text()
     assert not update_protocol_doc(copy, preset("default")), \
-        "docs/protocol.md's register map is stale: run python -m cimstack.gen --docs"
+        "docs/protocol.md's register map is stale: run cimstack gen --docs"
 
 
 def test_instruction_set_roundtrip_and_checks():
@@ -131,4 +131,4 @@ def test_soc_doc_instruction_set_is_current(tmp_path):
     doc = Path(__file__).parent.parent / "docs" / "soc.md"
     copy = tmp_path / "soc.md"
     copy.write_text(doc.read_text())
-    assert not update_isa_doc(copy), "docs/soc.md's instruction table is stale: run python -m cimstack.gen --docs"
+    assert not update_isa_doc(copy), "docs/soc.md's instruction table is stale: run cimstack gen --docs"
