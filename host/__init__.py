@@ -8,7 +8,16 @@ differentiable float model of the devices, ``cimstack.rtl`` the Amaranth gatewar
 """
 from .config import ChipConfig, load, preset, PRESETS
 from .errors import CimstackError, CompileError, ConfigError, InputRangeError, PlacementError, SimulationError
-from .deployment import Deployment, compile
+
+
+def __getattr__(name: str):
+    """``compile`` and ``Deployment`` import torch: load them on first use, so the command
+    line's config, help and usage paths start in a fraction of a second."""
+    if name in ("compile", "Deployment"):
+        from . import deployment
+        return getattr(deployment, name)
+    raise AttributeError(f"module 'cimstack' has no attribute {name!r}")
+
 
 __all__ = ["ChipConfig", "load", "preset", "PRESETS", "compile", "Deployment",
            "CimstackError", "CompileError", "ConfigError", "InputRangeError", "PlacementError", "SimulationError"]

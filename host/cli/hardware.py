@@ -18,7 +18,7 @@ from .common import CheckFailed, config_option, current, json_option, load_confi
 Examples:
   cimstack config list
   cimstack config show ice40-tiny --json
-  cimstack config new default -o my-chip.toml --set array.tiles=2 --set device.model='"pcm"'
+  cimstack config new default -o my-chip.toml --set array.tiles=2 --set device.model=pcm
   cimstack config validate my-chip.toml""")
 def config():
     """Show, check and create chip configs (presets and TOML files)."""
@@ -26,10 +26,10 @@ def config():
 
 def _derived(cfg) -> dict:
     dp = cfg.datapath
-    from ..placer import vmm_cycles
     return {"config_hash": f"{dp.config_hash:08x}", "weight_slices": dp.slices, "cells_per_unit": dp.cells_per_unit,
-            "column_units": dp.units, "state_bits": dp.state_bits, "accumulator_bits": dp.acc_bits,
-            "vmm_cycles": vmm_cycles(cfg), "weights_per_chip": cfg.array.tiles * cfg.array.rows * cfg.array.cols}
+            "column_units": dp.units, "mac_groups": dp.groups, "input_pulses": dp.mode().pulses,
+            "state_bits": dp.state_bits, "accumulator_bits": dp.acc_bits,
+            "weights_per_chip": cfg.array.tiles * cfg.array.rows * cfg.array.cols}
 
 
 @config.command("list")
@@ -186,7 +186,7 @@ def boards():
 
 def _board_arg(f):
     from cimstack.boards.targets import BOARDS
-    return click.argument("board", type=click.Choice(list(BOARDS)))(f)
+    return click.argument("board", type=click.Choice(list(BOARDS)), metavar="BOARD")(f)
 
 
 @click.command(epilog="""\b
