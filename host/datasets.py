@@ -119,13 +119,16 @@ def load(spec: str | Path, seed: int = 0) -> Split:
                           f"or an .npz file with x_train, y_train, x_test, y_test")
     if not path.is_file():
         raise ConfigError(f"data set file {path} does not exist")
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path}: not an .npz file (np.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except KeyError as exc:
         raise ConfigError(f"{path}: missing array {exc}; an .npz data set needs x_train, y_train, x_test, y_test") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if len(x) != len(y) or len(x) == 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cimstack.boards import BOARDS, board
-from cimstack.boards.build import BuildReport, _explain_failure, build_bitstream, check_timing
+from cimstack.boards.build import BuildReport, _explain_failure, check_timing
 from cimstack.boards.clocking import ClockReset, ecp5_pll, ice40_pll
 from cimstack.boards.flash import find_board_usb, flash, flash_command
 from cimstack.config import preset
@@ -80,8 +80,23 @@ def test_every_board_preset_exists_and_builds_a_top():
 
 @pytest.fixture(scope="module")
 def smallest_build(tmp_path_factory):
+    """The build as a user starts it: ``cimstack bitstream`` in its own process."""
     out = tmp_path_factory.mktemp("boards")
-    return build_bitstream("ulx3s-85f", smallest_config(), out_root=out), out
+    smallest_config().save(out / "tiny.toml")
+    proc = subprocess.run([sys.executable, "-m", "cimstack.cli", "bitstream", "ulx3s-85f", "-c", str(out / "tiny.toml"),
+                           "--out", str(out), "--report", str(out / "html"), "--json"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data.pop("report") == str(out / "html")
+    return BuildReport(**data), out
+
+
+def test_bitstream_command_writes_a_resource_report(smallest_build):
+    _, out = smallest_build
+    assert (out / "html" / "resources.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "html" / "report.html").read_text()
+    assert '<img src="resources.png"' in page and "| logic |" in page
 
 
 def test_smallest_target_fits_meets_timing_and_reports(smallest_build):

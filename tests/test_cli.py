@@ -72,6 +72,9 @@ def test_help_lists_the_flow_with_examples_and_exit_codes():
         if name not in ("config", "sim", "boards", "bench"):
             assert "Examples:" in (command.epilog or ""), f"cimstack {name} --help shows no examples"
     assert "Examples:" in cimstack_cli("eval", "--help").stdout
+    benches = cimstack_cli("bench", "--list").stdout
+    assert {line.split()[0] for line in benches.splitlines()} == {p.stem[6:] for p in (REPO / "benchmarks").glob("bench_*.py")}
+    assert as_json(cimstack_cli("boards", "--json"))["boards"][0]["name"] == "icebreaker"
 
 
 def test_config_commands(tmp_path):
@@ -133,6 +136,8 @@ def test_bad_input_gets_a_clear_message_and_exit_code(work, tmp_path):
     np.save(tmp_path / "wide.npy", np.zeros((3, 65)))
     np.save(tmp_path / "nan.npy", np.full((3, 64), np.nan))
     (tmp_path / "exists.toml").write_text("")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "data.npz").write_bytes(b"PK not really")
     cases = [
         (["compile", tmp_path / "missing.pt"], 2, r"model file .*missing\.pt does not exist"),
         (["compile", m, "-c", "nosuch"], 2, r"nosuch is neither a preset \(default, .*\) nor a readable file"),
@@ -146,6 +151,8 @@ def test_bad_input_gets_a_clear_message_and_exit_code(work, tmp_path):
         (["compile", m, "--dataset", "nosuch"], 2, r"unknown data set 'nosuch'"),
         (["run", m, "-c", c, "-b", "golden", "--input", tmp_path / "wide.npy"], 2, r"shape \(3, 65\).*samples of shape \(64,\)"),
         (["run", m, "-c", c, "-b", "golden", "--input", tmp_path / "nan.npy"], 2, r"NaN"),
+        (["run", m, "-c", c, "-b", "golden", "--input", tmp_path / "empty.npy"], 2, r"empty\.npy: not a readable \.npy array"),
+        (["eval", m, "-c", c, "--dataset", tmp_path / "data.npz"], 2, r"data\.npz: not an \.npz file"),
         (["run", m, "-c", c, "-b", "golden", "--input", tmp_path / "x.npy"], 2, r"'--input'.*does not exist"),
         (["run", m, "-c", c, "-b", "golden", "--no-program", "--input", work["dir"] / "x.npy"], 2, r"starts erased"),
         (["program", m, "-c", c, "-b", "nowhere"], 2, r"unknown backend 'nowhere'"),

@@ -52,5 +52,5 @@ def test_python_api_example(tmp_path):
 def test_onnx_example_runs_a_users_own_model_through_the_cli(tmp_path):
     out = run([sys.executable, "examples/onnx_model.py", "--out", str(tmp_path)])
     assert (tmp_path / "tiny_cnn.onnx").is_file()
-    assert "conv2d" in out and "chip (emulator )" in out             # compiled, placed, evaluated
+    assert "conv2d" in out and "chip (emulator)" in out             # compiled, placed, evaluated
     assert (tmp_path / "place" / "placement.png").is_file() and (tmp_path / "eval" / "report.html").is_file()

@@ -3,14 +3,13 @@ hardware tuner (searchers, stage 1 on the emulator, settings saved with the depl
 Stage 2 on the simulated SoC is in test_sim_server.py."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack import files, models
 from cimstack.backends import EmulatorBackend, GoldenBackend
 from cimstack.config import preset
 from cimstack.errors import ConfigError, InputRangeError
@@ -273,10 +272,9 @@ def test_settings_files_are_checked_and_written_atomically(mlp_on_opencimtc, tmp
     assert Settings.load(path) == s
     good = path.read_text()
 
-    def broken_dump(obj, f, **kw):
-        f.write('{"format": "cimst')          # a writer dying half-way
+    def broken_sync(fd):                        # the disk fills before the new file is complete
         raise OSError("disk full")
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr(files.os, "fsync", broken_sync)
     with pytest.raises(OSError, match="disk full"):
         s.save(path)
     monkeypatch.undo()

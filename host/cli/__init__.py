@@ -29,7 +29,7 @@ A first session (every step writes under build/):
   cimstack train -o build/mlp.pt              # the digits MLP
   cimstack place build/mlp.pt                 # placement map: build/reports/place-mlp-default/
   cimstack eval build/mlp.pt --sweep          # accuracy, and against read noise and drift
-  cimstack eval build/mlp.pt -b sim -c ice40-tiny --samples 50   # on the Verilated SoC
+  cimstack eval build/mlp.pt -b sim -c ulx3s-85f --samples 100  # on the Verilated SoC
 
 \b
 Exit codes:

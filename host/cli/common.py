@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,8 @@ def load_config(spec: str):
     return load(spec)
 
 
-def prepare(run: Run, model: Path, config: str, dataset: str | None, settings: Path | None, strategy: str,
-            trust_pickle: bool):
+def prepare(model: Path, config: str, dataset: str | None, settings: Path | None, strategy: str,
+            trust_pickle: bool) -> Prepared:
     """Load the config, the model and its data, and compile (import, quantise, place)."""
     import cimstack
     from ..checkpoint import load_model
@@ -169,6 +170,31 @@ def prepare(run: Run, model: Path, config: str, dataset: str | None, settings: P
 
 
 @contextlib.contextmanager
+def busy(run: Run, desc: str):
+    """An elapsed-time line on the terminal for a step that reports no progress of its own
+    (a Verilator or nextpnr build); not with -v, which shows the tools' own output."""
+    if not run.progress or run.verbose:
+        yield
+        return
+    from tqdm import tqdm
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False)
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+        bar.close()
+
+
+@contextlib.contextmanager
 def open_backend(run: Run, spec: str, cfg, baudrate: int | None = None):
     """The backend named by ``spec``; ``sim`` starts (and at the end stops) the simulation server."""
     from ..backends import DeviceBackend, EmulatorBackend, GoldenBackend
@@ -181,7 +207,9 @@ def open_backend(run: Run, spec: str, cfg, baudrate: int | None = None):
         from cimstack.sim.server import SimServer
         run.say(f"starting the simulated SoC for {cfg.name} (the first run for a config builds it with "
                 f"Verilator: a few minutes) ...")
-        with SimServer(cfg) as server:
+        with busy(run, "Verilator build"):
+            server = SimServer(cfg)
+        with server:
             log.info("simulation server at %s", server.url)
             with DeviceBackend(server.url, cfg) as be:
                 yield be

@@ -11,10 +11,6 @@ from .common import (CALIBRATION_SAMPLES, CheckFailed, backend_option, config_op
                      model_options, open_backend, prepare, report_folder, report_option, write_report)
 
 
-def _prepare(model, config, dataset, settings, strategy, trust_pickle):
-    return prepare(current(), model, config, dataset, settings, strategy, trust_pickle)
-
-
 def _placement_data(dep) -> dict:
     p = dep.placement
     return {"strategy": p.strategy, "tiles": p.tiles_used, "utilisation": p.utilisation(), "cost": p.cost,
@@ -98,7 +94,7 @@ Examples:
 @json_option
 def compile_(model, config, dataset, settings, strategy, trust_pickle):
     """Import a model, quantise it, cut it into array blocks and place them: print the layers."""
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep = prep.dep
     p = dep.placement
     human = (dep.summary() + f"\nplaced ({p.strategy}) on {len(p.tiles_used)} of {prep.cfg.array.tiles} arrays, "
@@ -120,7 +116,7 @@ def place(model, config, dataset, settings, strategy, trust_pickle, report_dir):
     from .. import plots
     from ..report import Report
     run = current()
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep = prep.dep
     maps = "\n".join(f"tile {t}:\n{dep.placement.tile_map(t)}" for t in dep.placement.tiles_used)
     report = Report(report_folder(report_dir, "place", *prep.tag), f"Placement of {prep.loaded.name} on {prep.cfg.name}")
@@ -135,6 +131,21 @@ def place(model, config, dataset, settings, strategy, trust_pickle, report_dir):
 
 
 # -- program / run / eval ------------------------------------------------------------------------
+RUN_BATCH = 64          # samples per call into the chip: a progress step, and the same on every backend
+
+
+def _batched(run, dep, x, desc: str):
+    """``dep.run`` over ``x`` in fixed batches with a progress bar. The batch size is fixed
+    so results do not depend on whether a terminal is attached (the chip's noise streams are
+    consumed in the order of the calls)."""
+    import torch
+    from tqdm import tqdm
+    x = torch.as_tensor(x)
+    parts = [dep.run(x[i:i + RUN_BATCH]) for i in tqdm(range(0, len(x), RUN_BATCH), desc=desc, unit="batch",
+                                                       disable=not run.progress, leave=False)]
+    return torch.cat(parts) if parts else dep.run(x)
+
+
 def _program(run, dep, be, max_pulses, tol, strict):
     run.say(f"write-verify on {be.name} ...")
     return dep.program(be, max_pulses=max_pulses, tol=tol, strict=strict, progress=run.progress)
@@ -177,7 +188,7 @@ def program(model, config, dataset, settings, strategy, trust_pickle, backend, m
     """Write-verify every placed cell and report pulses, failures and errors per layer."""
     from ..report import Report
     run = current()
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     report = Report(report_folder(report_dir, "program", *prep.tag),
                     f"Programming {prep.loaded.name} on {prep.cfg.name}", f"backend {backend}")
     with open_backend(run, backend, prep.cfg, baud) as be:
@@ -207,11 +218,11 @@ def run_(model, config, dataset, settings, strategy, trust_pickle, backend, max_
     run = current()
     try:
         x = np.load(input_path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputRangeError(f"{input_path}: not a readable .npy array ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:           # EOFError: an empty or truncated file
+        raise InputRangeError(f"{input_path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise InputRangeError(f"{input_path}: holds {x.dtype} values, not numbers")
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep = prep.dep
     dep._check_input(x)                        # shape and NaN errors before any chip time is spent
     with open_backend(run, backend, prep.cfg, baud) as be:
@@ -220,7 +231,7 @@ def run_(model, config, dataset, settings, strategy, trust_pickle, backend, max_
         else:
             _program(run, dep, be, max_pulses, tol, strict)
         t0 = time.perf_counter()
-        y = dep.run(x).numpy()
+        y = _batched(run, dep, x, f"run on {backend}").numpy()
         seconds = time.perf_counter() - t0
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +316,7 @@ def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max
     from ..models import accuracy
     from ..report import Report
     run = current()
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep, split = prep.dep, prep.split
     x, y = split.x_test, split.y_test
     if samples:
@@ -322,7 +333,7 @@ def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max
             prog = _program(run, dep, be, max_pulses, tol, strict)
         run.say(f"running {len(x)} test samples on {backend} ...")
         t0 = time.perf_counter()
-        result["chip_accuracy"] = dep.accuracy(x, y)
+        result["chip_accuracy"] = accuracy(_batched(run, dep, x, f"eval on {backend}"), x, y)
         result["run_seconds"] = time.perf_counter() - t0
     if prog is not None:
         result["programming"] = {k: v for k, v in prog.as_dict().items() if k != "layers"}
@@ -343,7 +354,7 @@ def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max
     lines = [f"accuracy of {prep.loaded.name} on {len(x)} test samples:",
              f"  floating point          {100 * result['float_accuracy']:6.2f} %",
              f"  quantised, ideal VMMs   {100 * result['quantised_accuracy']:6.2f} %",
-             f"  chip ({backend:<9s})        {100 * result['chip_accuracy']:6.2f} %"]
+             f"  {f'chip ({backend})':<24s}{100 * result['chip_accuracy']:6.2f} %"]
     if sweep:
         sw = result["sweep"]
         lines.append("  read noise σ:  " + "  ".join(f"{s:g}: {100 * a:.1f} %" for s, a in zip(sw["noise_levels"], sw["noise_accuracy"])))
@@ -376,7 +387,7 @@ def tune(model, config, dataset, settings, strategy, trust_pickle, method, budge
     from ..report import Report
     from ..tuning import Tuner
     run = current()
-    prep = _prepare(model, config, dataset, settings, strategy, trust_pickle)
+    prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     try:
         copies = tuple(int(c) for c in copies.split(","))
     except ValueError:

