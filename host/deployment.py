@@ -107,6 +107,7 @@ class Deployment:
         # goes away takes its entry with it, so a new one at the same address starts clean)
         self._adc_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.backend: Backend | None = None
+        self.info: dict = {}          # where it came from (data set, model file), saved with it
 
     # -- per-layer settings --------------------------------------------------------------------
     def settings(self, **info) -> Settings:
@@ -264,6 +265,12 @@ class Deployment:
             bad = ", ".join(f"{s.layer}: {s.failed} failed, {s.stuck} stuck" for s in report.layers if s.failed + s.stuck)
             raise ProgrammingError(f"write-verify left {report.failed_cells} cells out of tolerance ({bad})")
         return report
+
+    def save(self, path) -> None:
+        """Write this deployment atomically (:mod:`cimstack.saved`; load it with
+        :func:`cimstack.saved.load_deployment`)."""
+        from .saved import save_deployment
+        save_deployment(self, path)
 
     def attach(self, backend: Backend) -> None:
         """Run on a chip this deployment already programmed (in an earlier process, e.g.

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .config import ChipConfig
 from .errors import ConfigError, PlacementError
 from .mapper import Block, MappedLayer
 from .topology import tile_hops
 
-__all__ = ["STRATEGIES", "Placement", "Pass", "place", "vmm_cycles"]
+__all__ = ["STRATEGIES", "Placement", "Pass", "place", "placed", "vmm_cycles"]
 
 STRATEGIES = ("auto", "skyline", "layer_per_array")
 VMM_OVERHEAD_CYCLES = 80        # per VMM: configuration and output flits through the router
@@ -265,3 +267,23 @@ def place(layers: list[MappedLayer], cfg: ChipConfig, strategy: str = "auto") ->
         b.tile, b.row, b.col = t, r, c
     cost = dict(cost, score=score(cost))
     return Placement(cfg, best, layers, passes, cost)
+
+
+def placed(layers: list[MappedLayer], cfg: ChipConfig, strategy: str) -> Placement:
+    """The :class:`Placement` of blocks that already carry their positions (a saved
+    deployment): checks that every block lies inside an array of ``cfg`` and that no two
+    blocks overlap, then derives the passes and the cost as :func:`place` does."""
+    a = cfg.array
+    used: dict[int, np.ndarray] = {}
+    for layer in layers:
+        for b in layer.blocks:
+            if not (0 <= b.tile < a.tiles and 0 <= b.row and b.row + b.rows <= a.rows
+                    and 0 <= b.col and b.col + b.cols <= a.cols):
+                raise PlacementError(f"layer {layer.name!r}: block {b.index} at tile {b.tile}, ({b.row}, {b.col}) "
+                                     f"size {b.rows}x{b.cols} lies outside the chip's {a.tiles} arrays of {a.rows}x{a.cols}")
+            grid = used.setdefault(b.tile, np.zeros((a.rows, a.cols), dtype=bool))
+            if grid[b.row:b.row + b.rows, b.col:b.col + b.cols].any():
+                raise PlacementError(f"layer {layer.name!r}: block {b.index} overlaps another block on tile {b.tile}")
+            grid[b.row:b.row + b.rows, b.col:b.col + b.cols] = True
+    passes = {layer.name: _passes(layer) for layer in layers}
+    return Placement(cfg, strategy, layers, passes, _cost(cfg, layers, passes))

@@ -103,8 +103,8 @@ def test_run_on_the_simulated_soc_equals_the_golden_model(work, tmp_path):
 
 
 def test_program_then_run_on_a_served_chip(work, tmp_path):
-    """`cimstack sim serve` in one process; `program` and then `run --no-program` against it
-    from two others, as with a board: the chip keeps its cells between commands."""
+    """`cimstack sim serve` in one process; `program --save` and then `run DEPLOYMENT --no-program`
+    against it from two others, as with a board: the chip keeps its cells between commands."""
     serve = subprocess.Popen([sys.executable, "-m", "cimstack.cli", "sim", "serve", "-c", str(work["config"])],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -114,8 +114,10 @@ def test_program_then_run_on_a_served_chip(work, tmp_path):
             assert line, "the server exited before printing its address"
             if "->" in line:
                 url = line.rsplit("->", 1)[1].strip()
-        cimstack_cli("program", work["model"], "-c", work["config"], "-b", url, "--report", tmp_path / "p")
-        cimstack_cli("run", work["model"], "-c", work["config"], "-b", url, "--no-program", "--input",
+        cimstack_cli("program", work["model"], "-c", work["config"], "-b", url, "--report", tmp_path / "p",
+                     "--save", tmp_path / "mlp8.dep")
+        # the saved deployment brings its config, placement and settings: no model, no --config
+        cimstack_cli("run", tmp_path / "mlp8.dep", "-b", url, "--no-program", "--input",
                      work["dir"] / "x.npy", "-o", tmp_path / "chip.npy")
     finally:
         serve.send_signal(signal.SIGINT)
@@ -133,6 +135,7 @@ def test_bad_input_gets_a_clear_message_and_exit_code(work, tmp_path):
     (tmp_path / "unknown.toml").write_text("[array]\ntile = 2\n")
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
     (tmp_path / "garbage.onnx").write_bytes(b"\x00\x01garbage")
+    (tmp_path / "garbage.dep").write_bytes(b"PK\x03\x04 cut short")
     np.save(tmp_path / "wide.npy", np.zeros((3, 65)))
     np.save(tmp_path / "nan.npy", np.full((3, 64), np.nan))
     (tmp_path / "exists.toml").write_text("")
@@ -156,6 +159,8 @@ def test_bad_input_gets_a_clear_message_and_exit_code(work, tmp_path):
         (["run", m, "-c", c, "-b", "golden", "--input", tmp_path / "x.npy"], 2, r"'--input'.*does not exist"),
         (["run", m, "-c", c, "-b", "golden", "--no-program", "--input", work["dir"] / "x.npy"], 2, r"starts erased"),
         (["program", m, "-c", c, "-b", "nowhere"], 2, r"unknown backend 'nowhere'"),
+        (["program", m, "-c", c, "-b", "golden", "--save", tmp_path / "d.pt"], 2, r"name ends in \.dep"),
+        (["eval", tmp_path / "garbage.dep"], 2, r"garbage\.dep: not a readable deployment file"),
         (["program", m, "-c", c, "-b", "socket://127.0.0.1:9"], 3, r"socket://127\.0\.0\.1:9"),
         (["eval", m, "-c", c, "-b", "golden", "--samples", "40", "--min-accuracy", "1.0"], 1, r"below --min-accuracy 100\.00 %"),
         (["train", "--model", "transformer", "-o", tmp_path / "t.pt"], 2, r"Invalid value for '--model'"),

@@ -23,6 +23,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_HARDWARE, EXIT_INTERRUPTED = 0,
 #: errors of the machine side (a link, a device, a tool) rather than of what the user gave
 HARDWARE_ERRORS = (LinkError, DeviceError, SimulationError, BuildError, FlashError, ConfigMismatchError)
 CALIBRATION_SAMPLES = 256
+SAVED_SUFFIX = ".dep"            # a saved deployment (cimstack.saved), accepted where a model is
 
 
 class CheckFailed(CimstackError):
@@ -99,7 +100,7 @@ def config_option(f):
 def model_options(f):
     """MODEL plus what turns it into a deployment: data set, settings, placement strategy."""
     for opt in reversed([
-        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("model", type=click.Path(dir_okay=False, path_type=Path), metavar="MODEL|DEPLOYMENT.dep"),
         config_option,
         click.option("--dataset", metavar="NAME|FILE.npz",
                      help="data for calibration and evaluation (default: the one the model was trained on; "
@@ -155,6 +156,8 @@ def prepare(model: Path, config: str, dataset: str | None, settings: Path | None
     from ..checkpoint import load_model
     from ..datasets import load as load_dataset
     from ..errors import ConfigError
+    if model.suffix == SAVED_SUFFIX:
+        return _prepare_saved(model, config, dataset, settings, strategy)
     cfg = load_config(config)
     loaded = load_model(model, trust_pickle=trust_pickle)
     spec = dataset or loaded.dataset
@@ -167,6 +170,27 @@ def prepare(model: Path, config: str, dataset: str | None, settings: Path | None
                            settings=settings)
     log.info("compiled %s for %s in %.2f s", loaded.name, cfg.name, time.perf_counter() - t0)
     return Prepared(cfg, loaded, split, dep)
+
+
+def _prepare_saved(path: Path, config: str, dataset: str | None, settings: Path | None, strategy: str) -> Prepared:
+    """A deployment ``program --save`` wrote: its own config, placement and settings."""
+    from click.core import ParameterSource
+
+    from ..checkpoint import LoadedModel
+    from ..datasets import load as load_dataset
+    from ..errors import ConfigError
+    from ..saved import load_deployment
+    dep = load_deployment(path)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("config") != ParameterSource.DEFAULT and load_config(config) != dep.cfg:
+        raise ConfigError(f"{path} was saved for chip config {dep.cfg.name!r}, not {config!r}: leave out --config")
+    if settings is not None or strategy != "auto":
+        raise ConfigError(f"{path} is a saved deployment with its own placement and settings: "
+                          f"--settings and --strategy apply to model files")
+    spec = dataset or dep.info.get("dataset")
+    if spec is None:
+        raise ConfigError(f"{path} does not say what data it takes: give --dataset")
+    return Prepared(dep.cfg, LoadedModel(None, path.stem, spec, dict(dep.info)), load_dataset(spec), dep)
 
 
 @contextlib.contextmanager

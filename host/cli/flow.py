@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import (CALIBRATION_SAMPLES, CheckFailed, backend_option, config_option, current, json_option, log,
+from .common import (CALIBRATION_SAMPLES, SAVED_SUFFIX, CheckFailed, backend_option, config_option, current, json_option, log,
                      model_options, open_backend, prepare, report_folder, report_option, write_report)
 
 
@@ -177,22 +177,32 @@ def with_program_options(f):
 @click.command(epilog="""\b
 Examples:
   cimstack program build/mlp.pt                       # on the physics emulator
+  cimstack program build/mlp.pt -b /dev/ttyUSB0 --save build/mlp.dep   # a board; run it later from the .dep
   cimstack program build/mlp.pt -b socket://127.0.0.1:40123 --strict   # a chip behind 'cimstack sim serve'""")
 @model_options
 @backend_option()
 @with_program_options
+@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the deployment (codes, scales, settings, config) to this .dep file, atomically")
 @report_option
 @json_option
 def program(model, config, dataset, settings, strategy, trust_pickle, backend, max_pulses, tol, strict, baud,
-            report_dir):
+            save_path, report_dir):
     """Write-verify every placed cell and report pulses, failures and errors per layer."""
     from ..report import Report
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     report = Report(report_folder(report_dir, "program", *prep.tag),
                     f"Programming {prep.loaded.name} on {prep.cfg.name}", f"backend {backend}")
+    from ..errors import ConfigError
+    if save_path is not None and save_path.suffix != SAVED_SUFFIX:
+        raise ConfigError(f"--save {save_path}: a saved deployment's name ends in {SAVED_SUFFIX}")
     with open_backend(run, backend, prep.cfg, baud) as be:
         prog = _program(run, prep.dep, be, max_pulses, tol, strict)
+    if save_path is not None:
+        prep.dep.info.update(dataset=dataset or prep.loaded.dataset, model=str(model))
+        prep.dep.save(save_path)
+        run.say(f"deployment saved to {save_path}")
     _program_section(report, prog, prep.cfg)
     write_report(run, report)
     run.emit(prog.table(), dict(prog.as_dict(), model=prep.loaded.name, config=prep.cfg.name,
@@ -313,6 +323,7 @@ def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max
           samples, min_accuracy, sweep, chips, no_program, report_dir):
     """Program a backend and measure test accuracy against the floating-point and quantised model."""
     from .. import plots
+    from ..errors import ConfigError
     from ..models import accuracy
     from ..report import Report
     run = current()
@@ -340,6 +351,8 @@ def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max
     report.facts("Accuracy", {"floating point": result["float_accuracy"], "quantised, ideal VMMs": result["quantised_accuracy"],
                               f"chip ({backend})": result["chip_accuracy"], "test samples": len(x)})
     if sweep:
+        if prep.loaded.model is None:
+            raise ConfigError(f"--sweep recompiles the model for each noise level: give the model file, not {model}")
         run.say(f"sweeping read noise and drift on {chips} emulator chip(s) ...")
         sweeps, result["sweep"] = _sweep(run, prep, x, y, chips)
         report.figure("accuracy", plots.accuracy_sweep(
