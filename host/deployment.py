@@ -319,7 +319,12 @@ class Deployment:
             return self.graph.evaluate(self._check_input(x), vmm)
 
     def _check_input(self, x) -> torch.Tensor:
-        x = torch.as_tensor(x)
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputRangeError(f"model inputs must be numbers ({exc})") from None
+        if x.is_complex():
+            raise InputRangeError(f"model inputs are complex ({x.dtype}); the chip takes real numbers")
         if not x.is_floating_point():
             x = x.to(torch.float64)
         if tuple(x.shape[1:]) != self.input_shape:
