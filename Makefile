@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_models.py --preset $(PRESET)
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_tuning.py
+	$(PY) benchmarks/bench_link.py
 	$(PY) benchmarks/bench_boards.py
 
 ## bitstream: build BOARD's bitstream (ulx3s-85f, icebreaker) with the YoWASP tools from PyPI;

@@ -4,6 +4,7 @@ for a board. One request is outstanding at a time.
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -32,23 +33,49 @@ class Link:
     """Request/response access to a cimstack SoC.
 
     ``timeout`` bounds the wait for one response; a lost or corrupted exchange is retried
-    ``retries`` times (every request is idempotent except RUN, which is only re-sent when the
-    device answered BAD_CRC, i.e. provably did not execute it), then :class:`LinkTimeout`.
+    ``retries`` times, then :class:`LinkTimeout`: a device that stops answering is reported
+    within ``(retries + 1) * timeout`` seconds.
+
+    Every attempt of one request carries the same ``seq``. The device remembers the seq of
+    the last request it answered with success and acknowledges a write or RUN that arrives
+    again with it without applying it a second time, so a request whose answer was lost is
+    retried safely, RUN included (docs/protocol.md, "Retries"). The first request of a link
+    is preceded by an ECHO with a fresh seq, so a new host's first write can never be taken
+    for a retransmission of the previous host's last one.
     """
 
     def __init__(self, url: str, baudrate: int = 115_200, timeout: float = 2.0, retries: int = 3,
-                 max_payload: int = 1024):
-        import serial
-        try:
-            self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise LinkError(f"cannot open link {url!r}: {exc}") from None
-        self.url, self.timeout, self.retries, self.max_payload = url, timeout, retries, max_payload
-        self.seq = 0
+                 max_payload: int = 1024, faults=None):
+        self.url, self.baudrate, self.faults = url, baudrate, faults
+        self.port = None
+        self._open()
+        self.timeout, self.retries, self.max_payload = timeout, retries, max_payload
+        self.seq = int.from_bytes(os.urandom(1), "little")
+        self.synced = False
         self.deframer = Deframer()
         self.stats = LinkStats()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Open the port (through :class:`cimstack.faults.FaultyPort` when ``faults`` is set)."""
+        import serial
+        try:
+            port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkError(f"cannot open link {self.url!r}: {exc}") from None
+        if self.faults is not None:
+            from .faults import FaultyPort
+            port = FaultyPort(port, self.faults)
+        self.port = port
+
+    def reconnect(self) -> None:
+        """Close and reopen the port, drop any half-received frame, and sync again on the next
+        request: what to do after a :class:`LinkTimeout` once the device is back."""
+        self.close()
+        self._open()
+        self.deframer = Deframer()
+        self.synced = False
+
     def close(self) -> None:
         if self.port is not None:
             self.port.close()
@@ -67,20 +94,26 @@ class Link:
             raise LinkError(f"{op.name} payload of {len(payload)} bytes exceeds the device's {self.max_payload}")
         if self.port is None:
             raise LinkError(f"link {self.url!r} is closed")
+        if not self.synced:
+            self.synced = True                    # before the request, so the ECHO itself does not recurse
+            try:
+                self.request(Op.ECHO, b"")
+            except BaseException:
+                self.synced = False
+                raise
         self.stats.requests += 1
         last_problem = "no answer"
+        self.seq = (self.seq + 1) & 0xFF
+        wire = encode_frame(Frame(self.seq, op, payload))
         for attempt in range(self.retries + 1):
-            self.seq = (self.seq + 1) & 0xFF
-            wire = encode_frame(Frame(self.seq, op, payload))
+            if attempt:
+                self._write(bytes((FLAG,)))       # end any partial frame the device is holding
             self._write(wire)
             self.stats.wire_tx += len(wire)
             try:
                 reply = self._await(self.seq)
             except LinkTimeout:
                 last_problem = f"no answer within {self.timeout} s"
-                if op == Op.RUN:
-                    # RUN is not idempotent: STATUS tells whether it started before retrying
-                    break
                 self.stats.retries += 1
                 continue
             if reply.op == Op.ERROR:

@@ -31,7 +31,7 @@ __all__ = ["Field", "Register", "MemorySpace", "RegisterMap", "register_map", "I
            "WV_STUCK", "WV_JOB_FIELDS", "WV_RESULT_FIELDS"]
 
 ID_MAGIC = 0x434D5343            # "CSMC" little-endian bytes: b"CSMC"
-PROTOCOL_VERSION = (2, 0)
+PROTOCOL_VERSION = (3, 0)
 TILE_REG_BASE = 0x100
 TILE_REG_STRIDE = 0x10
 
@@ -176,6 +176,10 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         Register("LINK_ERRORS", 0x00B, "ro",
                  "Frames rejected (bad CRC, bad length, overflow, unknown opcode or address) (wraps).",
                  _whole("count")),
+        Register("LINK_DUPLICATES", 0x00C, "ro",
+                 "Writes and RUNs received again with the seq of the last success: acknowledged, not "
+                 "applied a second time (host retransmissions after a lost answer) (wraps).",
+                 (_f("count", 0, 16, "retransmissions acknowledged"),)),
         # single VMM through the sequencer (RUN unit 0)
         Register("VMM_TILE", 0x010, "rw", "Tile a single VMM (RUN unit 0) runs on.", (_f("tile", 0, tile_w, "tile index"),)),
         Register("VMM_SRC", 0x011, "rw",

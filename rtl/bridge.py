@@ -123,6 +123,7 @@ class HostBridge(wiring.Component):
             "active": Out(1),
             "frames_ok": Out(32),
             "frames_bad": Out(32),
+            "frames_dup": Out(16),
         })
 
     def elaborate(self, platform):
@@ -221,6 +222,11 @@ class HostBridge(wiring.Component):
         resp_len = Signal(16)
         any_busy = self.busy.any()
 
+        # the seq of the last request answered with success: a write or RUN that arrives again
+        # with it is a retransmission (docs/protocol.md, "Retries") and is not applied twice
+        last_seq, last_seq_valid = Signal(8), Signal()
+        mutating = (op == Op.WRITE_REG) | (op == Op.WRITE_MEM) | (op == Op.RUN)
+
         m.d.comb += [framer.i.payload.data.eq(out_sr[:8]), framer.i.payload.last.eq(left == 1)]
 
         # respond() and fail() only raise a strobe and name the length or error code: the wide
@@ -263,59 +269,65 @@ class HostBridge(wiring.Component):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.d.sync += reg_addr.eq(arg_addr)
-                with m.Switch(op):
-                    with m.Case(Op.ECHO):
-                        respond(plen, K_ECHO)
-                    with m.Case(Op.STATUS):
-                        with m.If(plen != 0):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Else():
-                            respond(C(8, 16), K_STATUS)
-                    with m.Case(Op.READ_REG):
-                        with m.If((plen != 4) | (arg_count == 0) | (arg_count > max_payload // 4)):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += n.eq(arg_count)
-                            m.next = "VAL_REG"
-                    with m.Case(Op.WRITE_REG):
-                        with m.If((plen < 6) | (plen[:2] != 2)):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += n.eq((plen - 2) >> 2)
-                            m.next = "VAL_REG"
-                    with m.Case(Op.READ_MEM):
-                        with m.If(plen != 5):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Elif(~sp_ok | ~sp_read | (mem_count_arg == 0)
-                                    | (mem_addr_arg + mem_count_arg > sp_depth)):
-                            fail(ErrorCode.BAD_ADDRESS)
-                        with m.Elif(sp_count_bytes > max_payload):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Elif(any_busy):
-                            fail(ErrorCode.BUSY)
-                        with m.Else():
-                            m.d.sync += [n.eq(mem_count_arg), mem_addr.eq(mem_addr_arg)]
-                            respond(sp_count_bytes, K_MEM)
-                    with m.Case(Op.WRITE_MEM):
-                        with m.If(~sp_ok):
-                            fail(ErrorCode.BAD_ADDRESS)
-                        with m.Elif(plen < 3 + sp_wb):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += [n.eq(0), resp_len.eq(plen - 3)]
-                            m.next = "VAL_WMEM"
-                    with m.Case(Op.RUN):
-                        with m.If(plen != 1):
-                            fail(ErrorCode.BAD_LENGTH)
-                        with m.Elif(arg_space >= len(RUN_UNITS)):
-                            fail(ErrorCode.BAD_ADDRESS)
-                        with m.Elif(self.busy.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1)):
-                            fail(ErrorCode.BUSY)
-                        with m.Else():
-                            m.d.comb += self.run.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1).eq(1)
-                            respond(C(0, 16), K_NONE)
-                    with m.Default():
-                        fail(ErrorCode.BAD_OPCODE)
+                with m.If(mutating & last_seq_valid & (seq == last_seq)):
+                    # the host re-sent a write or RUN whose answer it lost: it was applied once
+                    # (only successes are remembered), so acknowledge without applying it again
+                    m.d.sync += self.frames_dup.eq(self.frames_dup + 1)
+                    respond(C(0, 16), K_NONE)
+                with m.Else():
+                    with m.Switch(op):
+                        with m.Case(Op.ECHO):
+                            respond(plen, K_ECHO)
+                        with m.Case(Op.STATUS):
+                            with m.If(plen != 0):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                respond(C(8, 16), K_STATUS)
+                        with m.Case(Op.READ_REG):
+                            with m.If((plen != 4) | (arg_count == 0) | (arg_count > max_payload // 4)):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += n.eq(arg_count)
+                                m.next = "VAL_REG"
+                        with m.Case(Op.WRITE_REG):
+                            with m.If((plen < 6) | (plen[:2] != 2)):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += n.eq((plen - 2) >> 2)
+                                m.next = "VAL_REG"
+                        with m.Case(Op.READ_MEM):
+                            with m.If(plen != 5):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Elif(~sp_ok | ~sp_read | (mem_count_arg == 0)
+                                        | (mem_addr_arg + mem_count_arg > sp_depth)):
+                                fail(ErrorCode.BAD_ADDRESS)
+                            with m.Elif(sp_count_bytes > max_payload):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Elif(any_busy):
+                                fail(ErrorCode.BUSY)
+                            with m.Else():
+                                m.d.sync += [n.eq(mem_count_arg), mem_addr.eq(mem_addr_arg)]
+                                respond(sp_count_bytes, K_MEM)
+                        with m.Case(Op.WRITE_MEM):
+                            with m.If(~sp_ok):
+                                fail(ErrorCode.BAD_ADDRESS)
+                            with m.Elif(plen < 3 + sp_wb):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [n.eq(0), resp_len.eq(plen - 3)]
+                                m.next = "VAL_WMEM"
+                        with m.Case(Op.RUN):
+                            with m.If(plen != 1):
+                                fail(ErrorCode.BAD_LENGTH)
+                            with m.Elif(arg_space >= len(RUN_UNITS)):
+                                fail(ErrorCode.BAD_ADDRESS)
+                            with m.Elif(self.busy.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1)):
+                                fail(ErrorCode.BUSY)
+                            with m.Else():
+                                m.d.comb += self.run.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1).eq(1)
+                                respond(C(0, 16), K_NONE)
+                        with m.Default():
+                            fail(ErrorCode.BAD_OPCODE)
 
             # -- registers: validate every address first, then act -------------------------
             with m.State("VAL_REG"):
@@ -416,7 +428,8 @@ class HostBridge(wiring.Component):
 
         with m.If(resp_go):
             m.d.sync += [out_sr.eq(Cat(seq, op | RESPONSE_BIT, resp_bytes[:16])), out_cnt.eq(4),
-                         left.eq(4 + resp_bytes), kind.eq(resp_kind), ptr.eq(HEADER_BYTES)]
+                         left.eq(4 + resp_bytes), kind.eq(resp_kind), ptr.eq(HEADER_BYTES),
+                         last_seq.eq(seq), last_seq_valid.eq(1)]
         with m.If(fail_go):
             m.d.sync += [err.eq(fail_code), out_sr.eq(Cat(seq, C(Op.ERROR, 8), C(2, 16))), out_cnt.eq(4),
                          left.eq(6), kind.eq(K_ERR), self.frames_bad.eq(self.frames_bad + 1)]

@@ -98,6 +98,7 @@ class CimSoC(wiring.Component):
         m.d.comb += [
             reg("STATUS").eq(status), reg("CYCLES").eq(cycles),
             reg("LINK_FRAMES").eq(bridge.frames_ok), reg("LINK_ERRORS").eq(bridge.frames_bad),
+            reg("LINK_DUPLICATES").eq(bridge.frames_dup),
             reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(seq.vmm_cycles),
             reg("CELL_RESULT").eq(wv.cell_result),
             reg("SEQ_STATE").eq(Cat(seq.pc, C(0, 4), seq.iteration[:15], seq.error)),

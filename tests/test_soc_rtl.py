@@ -123,7 +123,17 @@ def test_registers_and_damaged_frames(soc):
     st["oversize"] = s.request(Op.ECHO, bytes(mp + 10))
     st["r_act"] = s.request(Op.READ_MEM, read_mem_payload(act.space, 0, 8))
     st["status"] = s.request(Op.STATUS)
-    st["counters"] = s.request(Op.READ_REG, read_reg_payload(rm["LINK_FRAMES"].addr, 2))
+    # retransmissions (protocol 3.0): a write sent again with the seq of the last success is
+    # acknowledged, not applied again (a different payload proves it); a failed write is not
+    # remembered, so sent again it fails again
+    scratch = rm["SCRATCH"].addr
+    st["dup_first"] = s.request(Op.WRITE_REG, write_reg_payload(scratch, [0x0BADF00D]))
+    st["dup_again"] = s.raw(encode_frame(Frame(s.seq, Op.WRITE_REG, write_reg_payload(scratch, [0xDEADBEEF]))), frames=1)
+    st["dup_read"] = s.request(Op.READ_REG, read_reg_payload(scratch, 1))
+    st["dup_read_again"] = s.raw(encode_frame(Frame(s.seq, Op.READ_REG, read_reg_payload(scratch, 1))), frames=1)
+    st["fail_first"] = s.request(Op.WRITE_REG, write_reg_payload(rm["ID"].addr, [0]))
+    st["fail_again"] = s.raw(encode_frame(Frame(s.seq, Op.WRITE_REG, write_reg_payload(rm["ID"].addr, [0]))), frames=1)
+    st["counters"] = s.request(Op.READ_REG, read_reg_payload(rm["LINK_FRAMES"].addr, 3))
 
     ans = Script.answers(soc.run_job(s.job(), "protocol"))
     assert ok_payload(ans, st["echo"], Op.ECHO) == echo_data
@@ -149,9 +159,14 @@ def test_registers_and_damaged_frames(soc):
     assert split_words(ok_payload(ans, st["r_act"], Op.READ_MEM), 4) == good
     status, cycles = struct.unpack("<II", ok_payload(ans, st["status"], Op.STATUS))
     assert status == 0 and cycles > 1000
-    frames_ok, errors = u32s(ok_payload(ans, st["counters"], Op.READ_REG))
+    assert ok_payload(ans, st["dup_again"], Op.WRITE_REG) == b""
+    assert u32s(ok_payload(ans, st["dup_read"], Op.READ_REG)) == [0x0BADF00D]        # not 0xDEADBEEF
+    assert u32s(ok_payload(ans, st["dup_read_again"], Op.READ_REG)) == [0x0BADF00D]  # reads run again
+    assert error_code(ans, st["fail_first"]) == error_code(ans, st["fail_again"]) == ErrorCode.BAD_ADDRESS
+    frames_ok, errors, duplicates = u32s(ok_payload(ans, st["counters"], Op.READ_REG))
+    assert duplicates == 1
     n_errors = sum(1 for a in ans for f in a if isinstance(f, Frame) and f.op == Op.ERROR)
-    assert errors == n_errors == 15              # 11 refused requests + 4 damaged bodies
+    assert errors == n_errors == 17              # 13 refused requests + 4 damaged bodies
     # good CRC and length: one per step except the corrupted and the oversized body (the
     # truncated and garbage steps each carry one good frame); this read counts itself
     assert frames_ok == len(st) - 2
