@@ -28,7 +28,7 @@ from cimstack.link import Link
 from cimstack.sim.server import SimServer
 
 ROWS = {
-    "clean": Faults(),
+    "clean": None,
     "corrupt-1%": Faults(corrupt=0.01, seed=1),
     "mixed": Faults(corrupt=0.005, drop=0.001, truncate=0.02, duplicate=0.02, delay=0.01, delay_s=0.1, seed=2),
 }
@@ -48,7 +48,7 @@ def main() -> None:
             with Link(server.url, timeout=0.05, retries=8, faults=faults) as link:
                 dev = Device(link, cfg)
                 stats = soak(dev, n, seed=len(name))
-                counts = link.port.counts if faults != Faults() else None
+                counts = link.fault_counts          # None for the clean row
                 stats["wire_frames"] = link.stats.requests + link.stats.retries
             if counts is not None:
                 stats["faults"] = {"corrupted_bytes": counts.corrupted, "dropped_bytes": counts.dropped,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-__all__ = ["Faults", "FaultyPort"]
+__all__ = ["Faults", "FaultCounts", "FaultyPort", "soak"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,12 @@ class FaultCounts:
 class FaultyPort:
     """A pyserial-like port around ``port`` that damages traffic according to ``faults``."""
 
-    def __init__(self, port, faults: Faults):
+    def __init__(self, port, faults: Faults, rng: random.Random | None = None, counts: FaultCounts | None = None):
+        """``rng`` and ``counts`` carry over a reconnection (:meth:`cimstack.link.Link.reconnect`),
+        so the faults go on where they were and the counts cover the whole run."""
         self.port, self.faults = port, faults
-        self.rng = random.Random(faults.seed)
-        self.counts = FaultCounts()
+        self.rng = rng or random.Random(faults.seed)
+        self.counts = counts or FaultCounts()
         self._held: deque[tuple[float, bytes]] = deque()      # (release time, bytes), in order
 
     # -- the byte-level damage, both directions ---------------------------------------------

@@ -48,6 +48,7 @@ class Link:
                  max_payload: int = 1024, faults=None):
         self.url, self.baudrate, self.faults = url, baudrate, faults
         self.port = None
+        self.fault_counts = None              # cimstack.faults.FaultCounts over the link's life
         self._open()
         self.timeout, self.retries, self.max_payload = timeout, retries, max_payload
         self.seq = int.from_bytes(os.urandom(1), "little")
@@ -65,7 +66,12 @@ class Link:
             raise LinkError(f"cannot open link {self.url!r}: {exc}") from None
         if self.faults is not None:
             from .faults import FaultyPort
-            port = FaultyPort(port, self.faults)
+            if self.fault_counts is None or self._fault_plan is not self.faults:
+                self._fault_plan = self.faults
+                port = FaultyPort(port, self.faults)
+                self._fault_rng, self.fault_counts = port.rng, port.counts
+            else:                                 # a reconnection: the same faults go on
+                port = FaultyPort(port, self.faults, self._fault_rng, self.fault_counts)
         self.port = port
 
     def reconnect(self) -> None:

@@ -1,4 +1,4 @@
-"""Saved deployments (cimstack.saved): every model round-trips bit for bit, tuned settings
+"""Saved deployments (cimstack.saved): models of every IR family round-trip bit for bit, tuned settings
 come back, damaged files are refused with their cause, and a writer killed half-way leaves
 the previous file whole."""
 import signal
@@ -24,8 +24,8 @@ def _compiled(name: str, cfg=None):
     return cimstack.compile(model, cfg or cimstack.preset("default"), example=split.x_train[:64]), split
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
-def test_every_model_round_trips_bit_for_bit(name, tmp_path):
+@pytest.mark.parametrize("name", ["mlp", "cnn", "gru"])       # linear; conv, BN, pooling; recurrent
+def test_models_round_trip_bit_for_bit(name, tmp_path):
     dep, split = _compiled(name)
     dep.save(tmp_path / "d.dep")
     back = load_deployment(tmp_path / "d.dep")
