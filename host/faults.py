@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
@@ -59,7 +59,6 @@ class FaultCounts:
     duplicated: int = 0
     delayed: int = 0
     frames: int = 0
-    by_direction: dict = field(default_factory=lambda: {"tx": 0, "rx": 0})
 
 
 class FaultyPort:
@@ -74,17 +73,15 @@ class FaultyPort:
         self._held: deque[tuple[float, bytes]] = deque()      # (release time, bytes), in order
 
     # -- the byte-level damage, both directions ---------------------------------------------
-    def _bytes(self, data: bytes, direction: str) -> bytes:
+    def _bytes(self, data: bytes) -> bytes:
         f, out = self.faults, bytearray()
         for b in data:
             if f.drop and self.rng.random() < f.drop:
                 self.counts.dropped += 1
-                self.counts.by_direction[direction] += 1
                 continue
             if f.corrupt and self.rng.random() < f.corrupt:
                 b ^= 1 << self.rng.randrange(8)
                 self.counts.corrupted += 1
-                self.counts.by_direction[direction] += 1
             out.append(b)
         return bytes(out)
 
@@ -112,13 +109,13 @@ class FaultyPort:
         if self._held:                       # a serial line keeps order: wait behind what is held
             release = max(release, self._held[-1][0])
         for _ in range(copies):
-            self._held.append((release, self._bytes(frame, "tx")))
+            self._held.append((release, self._bytes(frame)))
         self._release()
         return len(data)
 
     def read(self, size: int = 1) -> bytes:
         self._release()
-        return self._bytes(self.port.read(size), "rx")
+        return self._bytes(self.port.read(size))
 
     @property
     def in_waiting(self) -> int:

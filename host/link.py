@@ -49,6 +49,7 @@ class Link:
         self.url, self.baudrate, self.faults = url, baudrate, faults
         self.port = None
         self.fault_counts = None              # cimstack.faults.FaultCounts over the link's life
+        self._fault_plan = self._fault_rng = None
         self._open()
         self.timeout, self.retries, self.max_payload = timeout, retries, max_payload
         self.seq = int.from_bytes(os.urandom(1), "little")
@@ -66,7 +67,7 @@ class Link:
             raise LinkError(f"cannot open link {self.url!r}: {exc}") from None
         if self.faults is not None:
             from .faults import FaultyPort
-            if self.fault_counts is None or self._fault_plan is not self.faults:
+            if self._fault_plan is not self.faults:
                 self._fault_plan = self.faults
                 port = FaultyPort(port, self.faults)
                 self._fault_rng, self.fault_counts = port.rng, port.counts

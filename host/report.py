@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .files import atomic_write
 
-__all__ = ["Report"]
+__all__ = ["Report", "json_default"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -81,7 +81,7 @@ class Report:
                 + "".join(self._parts) + "</body></html>\n")
         atomic_write(self.folder / "report.json",
                      json.dumps(dict(self.data, written=stamp, figures=[p.name for p in self.figures]),
-                                indent=1, default=_json_default))
+                                indent=1, default=json_default))
         return atomic_write(self.folder / "report.html", page)
 
 
@@ -91,7 +91,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _json_default(v):
+def json_default(v):
+    """``json.dumps``' fallback for what reports and ``--json`` carry: NumPy scalars and
+    arrays as numbers and lists, anything else (paths) as text."""
     import numpy as np
     if isinstance(v, np.generic):
         return v.item()

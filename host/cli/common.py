@@ -59,18 +59,10 @@ class Run:
     def emit(self, human: str, data: dict) -> None:
         """The command's result: ``data`` as JSON with --json, else the human text."""
         if self.json:
-            click.echo(json.dumps(data, indent=1, default=_json_default))
+            from ..report import json_default
+            click.echo(json.dumps(data, indent=1, default=json_default))
         elif human:
             click.echo(human)
-
-
-def _json_default(v):
-    import numpy as np
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (np.ndarray, Path)):
-        return v.tolist() if isinstance(v, np.ndarray) else str(v)
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
 def current() -> Run:

@@ -266,7 +266,8 @@ def bench(names, list_only, preset):
         raise ConfigError(f"no benchmarks at {_bench_dir()}: 'cimstack bench' runs from a source checkout")
     if list_only:
         for name, path in benches.items():
-            first = (path.read_text().split('"""')[1].strip().splitlines() or [""])[0] if '"""' in path.read_text() else ""
+            parts = path.read_text().split('"""')
+            first = (parts[1].strip().splitlines() or [""])[0] if len(parts) > 1 else ""
             click.echo(f"{name:<10s} {first}")
         return
     unknown = [n for n in names if n not in benches]
