@@ -95,8 +95,16 @@ class Link:
         self.close()
 
     # -- the exchange ---------------------------------------------------------------------------
-    def request(self, op: Op, payload: bytes = b"") -> bytes:
-        """Send one request and return the payload of its successful response."""
+    def request(self, op: Op, payload: bytes = b"", reply_bytes: int | None = None) -> bytes:
+        """Send one request and return the payload of its successful response.
+
+        A response of the wrong length (``reply_bytes``, by default what the protocol
+        prescribes for ``op``; READ_MEM's depends on the space, so its caller passes it)
+        raises :class:`LinkError`: with a good CRC it means a device that does not speak this
+        protocol, and a short read must not come back as fewer words.
+        """
+        if reply_bytes is None:
+            reply_bytes = _reply_bytes(op, payload)
         if len(payload) > self.max_payload:
             raise LinkError(f"{op.name} payload of {len(payload)} bytes exceeds the device's {self.max_payload}")
         if self.port is None:
@@ -133,6 +141,9 @@ class Link:
                 raise DeviceError(f"device refused {op.name} ({len(payload)}-byte payload): {name}", code)
             if reply.op != op | RESPONSE_BIT:
                 raise LinkError(f"{op.name} answered with opcode 0x{reply.op:02x}")
+            if reply_bytes is not None and len(reply.payload) != reply_bytes:
+                raise LinkError(f"{op.name} answered with {len(reply.payload)} payload bytes, "
+                                f"the protocol prescribes {reply_bytes}")
             self.stats.payload_tx += len(payload)
             self.stats.payload_rx += len(reply.payload)
             return reply.payload
@@ -177,7 +188,8 @@ class Link:
         per = max(1, self.max_payload // word_bytes)
         while count:
             n = min(per, count)
-            out += split_words(self.request(Op.READ_MEM, read_mem_payload(space, addr, n)), word_bytes)
+            reply = self.request(Op.READ_MEM, read_mem_payload(space, addr, n), reply_bytes=n * word_bytes)
+            out += split_words(reply, word_bytes)
             addr, count = addr + n, count - n
         return out
 
@@ -197,3 +209,16 @@ class Link:
     def resync(self) -> None:
         """Flush the device's receiver (a lone FLAG ends any partial frame)."""
         self._write(bytes((FLAG,)))
+
+
+def _reply_bytes(op: int, payload: bytes) -> int | None:
+    """Payload length of the successful response to a request (None: not known here)."""
+    if op == Op.ECHO:
+        return len(payload)
+    if op == Op.READ_REG and len(payload) == 4:
+        return 4 * struct.unpack("<HH", payload)[1]
+    if op == Op.STATUS:
+        return 8
+    if op in (Op.WRITE_REG, Op.WRITE_MEM, Op.RUN):
+        return 0
+    return None

@@ -55,3 +55,11 @@ def random_inputs(cfg: ChipConfig, rng: np.random.Generator, n: int) -> np.ndarr
     return x
 
 
+
+
+# Property-based tests run the same examples on every machine (a failure replays exactly)
+# and have no per-example deadline (the machines are shared and noisy).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("cimstack", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("cimstack")

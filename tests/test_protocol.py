@@ -1,14 +1,15 @@
 """Host-side protocol codec, register map declaration and generated artefacts."""
 import json
 import random
+import struct
 
 import pytest
 
 from cimstack import preset
 from cimstack.gen import regmap_c_header, regmap_markdown, update_protocol_doc
 from cimstack.gen.registers import DOC_BEGIN, DOC_END
-from cimstack.protocol import (ESC, FLAG, Deframer, Frame, Op, crc16, encode_frame, split_words,
-                               write_mem_payload)
+from cimstack.protocol import (ESC, FLAG, Deframer, ErrorCode, Frame, Op, crc16, encode_frame, split_words,
+                               stuff, write_mem_payload)
 from cimstack.errors import InputRangeError
 from cimstack.regmap import ID_MAGIC, register_map
 
@@ -132,3 +133,178 @@ def test_soc_doc_instruction_set_is_current(tmp_path):
     copy = tmp_path / "soc.md"
     copy.write_text(doc.read_text())
     assert not update_isa_doc(copy), "docs/soc.md's instruction table is stale: run cimstack gen --docs"
+
+
+# -- property-based fuzzing of the host's frame parser (hypothesis) -----------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+frames_st = st.builds(Frame, st.integers(0, 255), st.integers(0, 255), st.binary(max_size=300))
+# wire garbage with the framing bytes far more frequent than by chance
+garbage_st = st.lists(st.one_of(st.sampled_from([FLAG, ESC]), st.integers(0, 255)), max_size=400).map(bytes)
+
+
+def feed_in_chunks(data: bytes, cuts: list[int]) -> list:
+    d, out, last = Deframer(), [], 0
+    for c in sorted(set(min(c, len(data)) for c in cuts)) + [len(data)]:
+        out += d.feed(data[last:c])
+        last = c
+    return out
+
+
+@given(st.lists(frames_st, max_size=12), st.lists(st.integers(0, 5000), max_size=20))
+def test_any_frames_survive_any_chunking(frames, cuts):
+    wire = b"".join(encode_frame(f) for f in frames)
+    assert feed_in_chunks(wire, cuts) == frames
+
+
+@given(garbage_st, frames_st, st.lists(st.integers(0, 1000), max_size=8))
+def test_after_any_garbage_the_next_frame_is_recovered(garbage, frame, cuts):
+    """Garbage yields only error items or frames that really are well-formed; a FLAG then ends
+    it, and the frame behind comes out intact, however the bytes arrive."""
+    items = feed_in_chunks(garbage + bytes((FLAG,)) + encode_frame(frame), cuts)
+    assert items[-1] == frame
+    for item in items[:-1]:
+        assert isinstance(item, str) or (crc16(item.body()) == 0 and len(item.payload) < len(garbage))
+
+
+@given(frames_st, st.data())
+def test_any_burst_of_up_to_16_bits_in_a_body_is_caught(frame, data):
+    """CRC-16 detects every error burst of at most 16 bits: damage inside a body, however
+    the stuffing then frames it, never passes."""
+    body = bytearray(frame.body())
+    at = data.draw(st.integers(0, len(body) - 1))
+    pattern = data.draw(st.integers(1, 0xFFFF))
+    body[at] ^= pattern >> 8
+    if at + 1 < len(body):
+        body[at + 1] ^= pattern & 0xFF
+    elif not pattern >> 8:
+        body[at] ^= pattern                   # the last byte: keep the damage inside the body
+    wire = bytes((FLAG,)) + stuff(bytes(body)) + bytes((FLAG,))
+    assert Deframer().feed(wire) == ["bad CRC"]
+
+
+@given(st.lists(frames_st, min_size=1, max_size=4), st.data())
+@settings(max_examples=300)
+def test_one_damaged_wire_byte_never_yields_a_wrong_frame(frames, data):
+    """Any single byte of the wire changed to any value, FLAG and ESC included (which split
+    or merge frames): every frame that comes out is one that was sent."""
+    wire = bytearray(b"".join(encode_frame(f) for f in frames))
+    at = data.draw(st.integers(0, len(wire) - 1))
+    wire[at] = data.draw(st.one_of(st.sampled_from([FLAG, ESC, wire[at] ^ 1]), st.integers(0, 255)))
+    items = Deframer().feed(bytes(wire))
+    assert all(item in frames for item in items if isinstance(item, Frame))
+    assert sum(isinstance(item, Frame) for item in items) >= len(frames) - 1     # only the one hit
+
+
+@given(st.binary(max_size=2000), st.integers(6, 64))
+def test_arbitrary_bytes_never_break_the_parser(data, max_body):
+    items = Deframer(max_body=max_body).feed(data)
+    assert all(isinstance(i, str) or len(i.payload) <= max_body - 6 for i in items)
+    assert len(items) <= data.count(FLAG)
+
+
+# -- the Link against a device that answers wrongly --------------------------------------------
+
+ANSWERS = ("right", "silent", "garbage", "wrong_seq", "wrong_op", "short", "long", "error", "bad_crc")
+
+
+class ScriptedDevice:
+    """A pyserial-like port whose device answers each request as ``answers`` says (then
+    rightly). Registers hold ``regs``; a write is applied unless refused, and one arriving
+    again with the seq of the last applied one is acknowledged without applying it, as the
+    SoC's bridge does."""
+
+    def __init__(self, answers: list[str], garbage: bytes, regs: list[int]):
+        self.answers, self.garbage, self.regs = list(answers), garbage, list(regs)
+        self.deframer, self.out, self.writes, self.last_seq = Deframer(), bytearray(), 0, None
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.out)
+
+    def read(self, n: int) -> bytes:
+        data, self.out[:] = bytes(self.out[:n]), self.out[n:]
+        return data
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def write(self, data: bytes) -> int:
+        for req in self.deframer.feed(data):
+            if isinstance(req, Frame):
+                self.out += self._answer(req)
+        return len(data)
+
+    def _answer(self, req: Frame) -> bytes:
+        how = self.answers.pop(0) if self.answers else "right"
+        if req.op == Op.ECHO:
+            payload = req.payload
+        elif req.op == Op.READ_REG:
+            addr, count = struct.unpack("<HH", req.payload)
+            payload = b"".join(struct.pack("<I", v) for v in self.regs[addr:addr + count])
+        else:                                  # WRITE_REG, applied once per seq (protocol 3.0)
+            addr = struct.unpack_from("<H", req.payload)[0]
+            payload = b""
+            if how not in ("error", "bad_crc") and req.seq != self.last_seq:
+                self.writes += 1
+                self.regs[addr] = struct.unpack_from("<I", req.payload, 2)[0]
+                self.last_seq = req.seq
+        frame = {
+            "right": Frame(req.seq, req.op | 0x80, payload),
+            "wrong_seq": Frame(req.seq ^ 1, req.op | 0x80, payload),
+            "wrong_op": Frame(req.seq, (req.op + 1) | 0x80, payload),
+            "short": Frame(req.seq, req.op | 0x80, payload[:-1] if payload else b""),
+            "long": Frame(req.seq, req.op | 0x80, payload + b"\x00"),
+            "error": Frame(req.seq, Op.ERROR, bytes((ErrorCode.BAD_ADDRESS, req.op))),
+            "bad_crc": Frame(req.seq, Op.ERROR, bytes((ErrorCode.BAD_CRC, req.op))),
+        }.get(how)
+        if frame is None:
+            return self.garbage if how == "garbage" else b""
+        if how == "short" and not payload:
+            return b""
+        return encode_frame(frame)
+
+
+@given(st.lists(st.sampled_from(ANSWERS), max_size=6), garbage_st, st.integers(0, 2),
+       st.integers(0, (1 << 32) - 1))
+@settings(max_examples=150)
+def test_the_link_never_returns_a_wrong_answer(answers, garbage, which, value):
+    """Whatever the device sends back (silence, garbage, another seq or op, a payload too
+    short or too long, errors), the link returns the right result or raises one of its own
+    errors; a write the device applied is never applied twice."""
+    from cimstack.errors import CimstackError
+    from cimstack.link import Link
+    regs = [0x1111_0000 + i for i in range(8)]
+    dev = ScriptedDevice(answers, garbage, regs)
+    link = Link("loop://", timeout=0.005, retries=2)
+    link.port.close()
+    link.port = dev
+    link.synced = True                         # the ECHO sync is exercised in test_link_faults
+    try:
+        if which == 0:
+            assert link.read_regs(2, 3) == regs[2:5]
+        elif which == 1:
+            link.write_regs(5, [value])
+            assert dev.regs[5] == value and dev.writes == 1
+        else:
+            data = value.to_bytes(4, "little") * 3
+            assert link.echo(data) == data
+    except CimstackError:
+        pass
+    assert dev.writes <= 1
+
+
+@pytest.mark.parametrize("how, problem", [("short", "11 payload bytes, the protocol prescribes 12"),
+                                          ("long", "13 payload bytes"), ("wrong_op", "answered with opcode")])
+def test_a_well_formed_answer_of_the_wrong_shape_is_refused(how, problem):
+    from cimstack.errors import LinkError
+    from cimstack.link import Link
+    link = Link("loop://", timeout=0.005, retries=2)
+    link.port.close()
+    link.port, link.synced = ScriptedDevice([how], b"", list(range(8))), True
+    with pytest.raises(LinkError, match=problem):
+        link.read_regs(2, 3)
