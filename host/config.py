@@ -83,6 +83,11 @@ class ArrayConfig:
     ``cols`` counts logical weight columns; each occupies ``datapath.slices`` column units
     (bit slices), each unit one cell (offset scheme) or a cell pair (differential scheme).
     ``mac_lanes`` column units are accumulated in parallel, ``adc_share`` units share one ADC.
+
+    ``spare_rows`` and ``spare_cols`` (the last word lines and logical columns of every
+    tile) are held back from placement: programming moves a row or column whose cells fail
+    write-verify onto a spare (:meth:`cimstack.Deployment.program`). They are a host policy
+    over the same arrays, so they are left out of the config hash the gateware carries.
     """
 
     DOCS: ClassVar[dict[str, str]] = {
@@ -91,6 +96,8 @@ class ArrayConfig:
         'cols': 'logical weight columns per tile',
         'mac_lanes': 'column units accumulated in parallel; divides cols x slices and is a multiple of the slices',
         'adc_share': 'column units per ADC (conversion time only); divides mac_lanes',
+        'spare_rows': 'word lines per tile held back to replace rows with cells that fail to program (less than rows)',
+        'spare_cols': 'logical columns per tile held back to replace columns with cells that fail to program (less than cols)',
     }
 
     tiles: int = 4
@@ -98,6 +105,8 @@ class ArrayConfig:
     cols: int = 64
     mac_lanes: int = 16
     adc_share: int = 4
+    spare_rows: int = 0
+    spare_cols: int = 0
 
     def __post_init__(self):
         _check_int("array", "tiles", self.tiles, 1, 48)
@@ -105,6 +114,18 @@ class ArrayConfig:
         _check_int("array", "cols", self.cols, 1, 4096)
         _check_int("array", "mac_lanes", self.mac_lanes, 1, 512)
         _check_int("array", "adc_share", self.adc_share, 1, 512)
+        _check_int("array", "spare_rows", self.spare_rows, 0, self.rows - 1)
+        _check_int("array", "spare_cols", self.spare_cols, 0, self.cols - 1)
+
+    @property
+    def usable_rows(self) -> int:
+        """Word lines per tile that placement may use (the rest are spares)."""
+        return self.rows - self.spare_rows
+
+    @property
+    def usable_cols(self) -> int:
+        """Logical columns per tile that placement may use (the rest are spares)."""
+        return self.cols - self.spare_cols
 
 
 @dataclass(frozen=True)
@@ -591,7 +612,10 @@ def _derive(cfg: ChipConfig) -> Datapath:
         pulse_weight = sum(1 << (p * md.pulse_shift) for p in range(md.pulses))
         acc_bound = (-adc_min) * pulse_weight * slice_weight
         acc_bits = max(acc_bits, _signed_bits(-acc_bound, acc_bound))
-    digest = hashlib.sha256(cfg.to_toml().encode()).digest()
+    # the hash names the gateware: the spare lines are a host policy over the same arrays
+    hardware = cfg.to_dict()
+    hardware["array"] = {k: v for k, v in hardware["array"].items() if not k.startswith("spare_")}
+    digest = hashlib.sha256(tomli_w.dumps(hardware).encode()).digest()
     return Datapath(
         slices=slices, units=a.cols * slices, groups=(a.cols * slices) // a.mac_lanes or 1,
         pulses=own.pulses, pulse_shift=own.pulse_shift, digit_min=own.digit_min, digit_max=own.digit_max,

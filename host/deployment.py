@@ -30,6 +30,7 @@ from .physics.devices import level_step_us
 from .physics.irdrop import compensate
 from .placer import Placement, place
 from .regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+from .repair import CellFault, LineRepair, identity_maps, pick_line
 from .tuning.settings import LayerSetting, Settings
 
 __all__ = ["compile", "Deployment", "LayerProgramStats", "ProgramReport"]
@@ -48,6 +49,7 @@ class LayerProgramStats:
     stuck: int
     rms_error: float          # final verify error, state LSBs (RMS over the cells)
     seconds: float
+    repaired: int = 0         # of the failed and stuck cells, those a spare line took out of use
 
     @property
     def pulses_per_cell(self) -> float:
@@ -63,6 +65,9 @@ class ProgramReport:
     # state LSBs; what the programming-error and conductance histograms are drawn from
     targets: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # every cell that ended out of tolerance (spare cells included) and the lines moved to spares
+    faults: list[CellFault] = field(default_factory=list, repr=False)
+    repairs: list[LineRepair] = field(default_factory=list)
 
     @property
     def cells(self) -> int:
@@ -70,7 +75,13 @@ class ProgramReport:
 
     @property
     def failed_cells(self) -> int:
+        """Cells of the first write-verify pass that ended out of tolerance."""
         return sum(s.failed + s.stuck for s in self.layers)
+
+    @property
+    def unrepaired(self) -> list[CellFault]:
+        """Faulty cells still in use: the weights they hold are off by their error."""
+        return [f for f in self.faults if not f.repaired]
 
     def table(self) -> str:
         lines = [f"write-verify on {self.backend}: {self.cells} cells in {self.seconds:.2f} s",
@@ -79,11 +90,19 @@ class ProgramReport:
         for s in self.layers:
             lines.append(f"  {s.layer:<16s} {s.cells:>7d} {s.pulses:>8d} {s.pulses_per_cell:>6.2f} {s.max_pulses:>4d} "
                          f"{s.converged:>7d} {s.failed:>6d} {s.stuck:>6d} {s.rms_error:>8.2f}")
+        if self.repairs or self.faults:
+            rows = sum(r.kind == "row" for r in self.repairs)
+            lines.append(f"  spares: {rows} rows and {len(self.repairs) - rows} columns used; "
+                         f"{len(self.faults) - len(self.unrepaired)} of {len(self.faults)} faulty cells taken out "
+                         f"of use, {len(self.unrepaired)} left in use")
+            lines += [f"    {r}" for r in self.repairs]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {"backend": self.backend, "seconds": self.seconds, "cells": self.cells,
-                "layers": [dict(s.__dict__, pulses_per_cell=s.pulses_per_cell) for s in self.layers]}
+                "layers": [dict(s.__dict__, pulses_per_cell=s.pulses_per_cell) for s in self.layers],
+                "repairs": [r.as_dict() for r in self.repairs], "faults": [f.as_dict() for f in self.faults],
+                "unrepaired": len(self.unrepaired)}
 
 
 class Deployment:
@@ -103,6 +122,9 @@ class Deployment:
             raise ConfigError("ir_compensation needs device.wire_resistance_ohm > 0 (ideal wires have no IR drop)")
         self.tile_gain = {t: 1.0 for t in placement.tiles_used}     # analog gain left by the IR correction
         self._targets: dict[int, np.ndarray] = {}
+        # per tile with repairs, the physical line of each placement row / column (cimstack.repair)
+        self.row_map: dict[int, np.ndarray] = {}
+        self.col_map: dict[int, np.ndarray] = {}
         # ADC registers this deployment last wrote, per backend and tile (weak: a backend that
         # goes away takes its entry with it, so a new one at the same address starts clean)
         self._adc_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -138,15 +160,49 @@ class Deployment:
             layer.set_inputs(self.cfg, s.x_range, s.mode)
 
     # -- what goes on each tile ----------------------------------------------------------------
-    def tile_weights(self, tile: int) -> np.ndarray:
-        """The integer weight matrix (rows, cols) of a tile: every block placed on it, 0 elsewhere."""
+    def line_maps(self, tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols): the physical word line of each placement row and the physical column
+        of each placement column of ``tile`` (the identity until a repair moves a line)."""
         a = self.cfg.array
-        w = np.zeros((a.rows, a.cols), dtype=np.int64)
+        rows, cols = identity_maps(a.rows, a.cols)
+        return self.row_map.get(tile, rows), self.col_map.get(tile, cols)
+
+    def tile_weights(self, tile: int) -> np.ndarray:
+        """The integer weight matrix (rows, cols) of a tile as the cells hold it: every block
+        placed on it (on the lines the repairs moved it to), 0 elsewhere."""
+        return self._physical(tile, np.int64, lambda b: b.weights)
+
+    def used_lines(self, tile: int) -> np.ndarray:
+        """(rows, cols) bool: the physical positions of a tile that some block uses."""
+        return self._physical(tile, bool, lambda b: True)
+
+    def _physical(self, tile: int, dtype, value) -> np.ndarray:
+        a = self.cfg.array
+        logical = np.zeros((a.rows, a.cols), dtype=dtype)
         for layer in self.layers:
             for b in layer.blocks:
                 if b.tile == tile:
-                    w[b.row:b.row + b.rows, b.col:b.col + b.cols] = b.weights
-        return w
+                    logical[b.row:b.row + b.rows, b.col:b.col + b.cols] = value(b)
+        rows, cols = self.line_maps(tile)
+        out = np.zeros_like(logical)
+        out[np.ix_(rows, cols)] = logical
+        return out
+
+    def _used_cells(self, tile: int) -> np.ndarray:
+        """(rows, units, cells) bool: the cells under the blocks of a tile."""
+        dp = self.cfg.datapath
+        used = np.repeat(self.used_lines(tile), dp.slices, axis=1)
+        return np.repeat(used[:, :, None], dp.cells_per_unit, axis=2)
+
+    def _tol(self, tol: int | None) -> int:
+        """The write-verify tolerance (state LSBs); see :meth:`cell_jobs`."""
+        half = (1 << (self.cfg.cell.frac_bits - 1)) if self.cfg.cell.frac_bits else 0
+        if tol is None:
+            # an IR-corrected target is a conductance, not a code bin: program it closely
+            tol = min(1, half - 1) if self.ir_compensation else max(half - 1, 0)
+        if not 0 <= tol <= 255:
+            raise ConfigError(f"write-verify tolerance {tol} outside 0..255 state LSBs")
+        return tol
 
     def cell_jobs(self, tile: int, layer: MappedLayer, tol: int | None = None) -> CellJobs:
         """Write-verify targets of every cell under ``layer``'s blocks on ``tile``.
@@ -158,19 +214,16 @@ class Deployment:
         the targets are the corrected states (:meth:`cell_targets`) and the default ``tol``
         is 1 state LSB, since the correction is a few per cent of a cell's conductance.
         """
-        dp, frac = self.cfg.datapath, self.cfg.cell.frac_bits
-        half = (1 << (frac - 1)) if frac else 0
-        if tol is None:
-            # an IR-corrected target is a conductance, not a code bin: program it closely
-            tol = min(1, half - 1) if self.ir_compensation else max(half - 1, 0)
-        if not 0 <= tol <= 255:
-            raise ConfigError(f"write-verify tolerance {tol} outside 0..255 state LSBs")
+        dp = self.cfg.datapath
+        tol = self._tol(tol)
+        row_map, col_map = self.line_maps(tile)
         rows, units, cells = [], [], []
         for b in layer.blocks:
             if b.tile != tile:
                 continue
-            r, u, c = np.meshgrid(np.arange(b.row, b.row + b.rows),
-                                  np.arange(b.col * dp.slices, (b.col + b.cols) * dp.slices),
+            phys_cols = col_map[b.col:b.col + b.cols]
+            r, u, c = np.meshgrid(row_map[b.row:b.row + b.rows],
+                                  (phys_cols[:, None] * dp.slices + np.arange(dp.slices)).ravel(),
                                   np.arange(dp.cells_per_unit), indexing="ij")
             rows.append(r.ravel()), units.append(u.ravel()), cells.append(c.ravel())
         if not rows:
@@ -193,11 +246,7 @@ class Deployment:
             pos, neg = weights_to_codes(self.tile_weights(tile), cfg)
             codes = np.stack([pos, neg], axis=-1)[..., :dp.cells_per_unit]          # (rows, units, cells)
             target = (codes << frac) + half
-            used = np.zeros(codes.shape, dtype=bool)
-            for layer in self.layers:
-                for b in layer.blocks:
-                    if b.tile == tile:
-                        used[b.row:b.row + b.rows, b.col * dp.slices:(b.col + b.cols) * dp.slices] = True
+            used = self._used_cells(tile)
             target = np.where(used, target, 0)
             if self.ir_compensation:
                 target, self.tile_gain[tile] = self._compensate(target, used)
@@ -223,15 +272,22 @@ class Deployment:
                 progress: bool = False) -> ProgramReport:
         """Erase the tiles in use, set their registers and write-verify every placed cell.
 
-        Returns per-layer statistics. Cells that end out of tolerance are reported (failed:
-        out of pulses while moving; stuck: did not move); with ``strict`` they raise
-        :class:`~cimstack.errors.ProgrammingError`. The backend becomes the one :meth:`run` uses.
+        Every cell that ends out of tolerance (failed: out of pulses while moving; stuck: did
+        not move) is reported in ``report.faults``. Where the config has spare lines
+        (``array.spare_rows``/``spare_cols``), the rows and columns holding such cells are
+        moved onto spares (:mod:`cimstack.repair`, ``report.repairs``); the faults left in use
+        are ``report.unrepaired``, and with ``strict`` any of them raises
+        :class:`~cimstack.errors.ProgrammingError` (its ``report`` attribute holds the report;
+        the chip stays programmed as far as it got). The backend becomes the one :meth:`run` uses.
         """
         if backend.cfg != self.cfg:
             raise ConfigError(f"the backend runs config {backend.cfg.name!r}, the deployment was compiled "
                               f"for {self.cfg.name!r}")
         amp_max = self.cfg.device.pulse_max_amplitude if amp_max is None else amp_max
+        wv = (max_pulses, amp_start, amp_step, amp_max)
+        tol = self._tol(tol)
         t0 = time.perf_counter()
+        self.row_map.clear(), self.col_map.clear(), self._targets.clear()     # a fresh chip: lines in place
         tiles = self.placement.tiles_used
         backend.erase(tiles, self.seed)
         for t in tiles:
@@ -244,10 +300,19 @@ class Deployment:
         for layer, t in work:
             t1 = time.perf_counter()
             jobs = self.cell_jobs(t, layer, tol)
-            status, pulses, error = backend.write_verify(t, jobs, max_pulses, amp_start, amp_step, amp_max)
+            status, pulses, error = backend.write_verify(t, jobs, *wv)
             stats.setdefault(layer.name, []).append((status, pulses, error, time.perf_counter() - t1, jobs.target))
+            report.faults += _faults(t, jobs, status, error, layer.name)
             bar.update(1)
         bar.close()
+        a = self.cfg.array
+        if a.spare_rows or a.spare_cols:
+            for t in tiles:
+                if any(f.tile == t for f in report.faults):
+                    self._repair(backend, t, report, tol, wv)
+        in_use = {t: self._used_cells(t) for t in {f.tile for f in report.faults}}
+        for f in report.faults:                     # out of use: on a line that a spare replaced
+            f.repaired = not in_use[f.tile][f.row, f.unit, f.cell]
         for layer in self.layers:
             parts = stats[layer.name]
             status = np.concatenate([p[0] for p in parts])
@@ -255,16 +320,77 @@ class Deployment:
             error = np.concatenate([p[2] for p in parts]).astype(np.float64)
             report.targets[layer.name] = np.concatenate([np.asarray(p[4], dtype=np.int64) for p in parts])
             report.errors[layer.name] = error
+            repaired = sum(f.repaired and not f.on_spare for f in report.faults if f.layer == layer.name)
             report.layers.append(LayerProgramStats(
                 layer.name, len(status), int(pulses.sum()), int(pulses.max(initial=0)),
                 int((status == WV_CONVERGED).sum()), int((status == WV_FAILED).sum()), int((status == WV_STUCK).sum()),
-                float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0, sum(p[3] for p in parts)))
+                float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0, sum(p[3] for p in parts), repaired))
         report.seconds = time.perf_counter() - t0
         self.backend = backend
-        if strict and report.failed_cells:
-            bad = ", ".join(f"{s.layer}: {s.failed} failed, {s.stuck} stuck" for s in report.layers if s.failed + s.stuck)
-            raise ProgrammingError(f"write-verify left {report.failed_cells} cells out of tolerance ({bad})")
+        if strict and report.unrepaired:
+            left = report.unrepaired
+            per_layer = {}
+            for f in left:
+                per_layer[f.layer] = per_layer.get(f.layer, 0) + 1
+            spares = f" after using {len(report.repairs)} spare lines" if report.repairs else \
+                " (the config has no spare lines: set array.spare_rows / spare_cols)" if not (a.spare_rows or a.spare_cols) else ""
+            exc = ProgrammingError(
+                f"write-verify left {len(left)} cells out of tolerance in use{spares}: "
+                + ", ".join(f"{k}: {v}" for k, v in per_layer.items()) + "; first: " + "; ".join(map(str, left[:3])))
+            exc.report = report                     # the per-cell account, for whoever catches it
+            raise exc
         return report
+
+    def _repair(self, backend: Backend, tile: int, report: ProgramReport, tol: int, wv: tuple) -> None:
+        """Move the lines of ``tile`` that hold faulty cells in use onto spares, programming
+        each spare as it is taken (:mod:`cimstack.repair`)."""
+        a, dp = self.cfg.array, self.cfg.datapath
+        bad = np.zeros((a.rows, dp.units, dp.cells_per_unit), dtype=bool)
+        for f in report.faults:
+            if f.tile == tile:
+                bad[f.row, f.unit, f.cell] = True
+        written = self._used_cells(tile)                      # what the first pass programmed
+        written_target = self.cell_targets(tile).copy()
+        free = {"row": list(range(a.usable_rows, a.rows)), "col": list(range(a.usable_cols, a.cols))}
+        while True:
+            hits = self.used_lines(tile) & bad.reshape(a.rows, a.cols, -1).any(axis=2)
+            if not hits.any():
+                return
+            choice = pick_line(hits, len(free["row"]), len(free["col"]))
+            if choice is None:
+                return                                        # out of useful spares: reported as left in use
+            kind, phys = choice
+            rows, cols = (m.copy() for m in self.line_maps(tile))
+            m = rows if kind == "row" else cols
+            line, spare_slot = int(np.nonzero(m == phys)[0][0]), free[kind].pop(0)
+            m[line], m[spare_slot] = m[spare_slot], m[line]   # the faulty line goes to the unused spare slot
+            self.row_map[tile], self.col_map[tile] = rows, cols
+            self._targets.pop(tile, None)
+            target, used = self.cell_targets(tile), self._used_cells(tile)
+            todo = used & (~written | (target != written_target))
+            r, u, c = np.nonzero(todo)
+            jobs = CellJobs(r, u, c, target[todo], np.full(len(r), tol))
+            status, _, error = backend.write_verify(tile, jobs, *wv)
+            written |= todo
+            written_target[todo] = target[todo]
+            bad[todo] = status != WV_CONVERGED
+            new = _faults(tile, jobs, status, error, None)
+            for f in new:
+                f.layer, f.on_spare = self._owner(tile, f.row, f.unit), True
+            report.faults += new
+            faults = int(hits[phys].sum() if kind == "row" else hits[:, phys].sum())
+            report.repairs.append(LineRepair(tile, kind, line, phys, int(m[line]), faults, len(jobs), len(new)))
+
+    def _owner(self, tile: int, row: int, unit: int) -> str:
+        """The layer whose block holds the physical position (row, unit) of a tile."""
+        rows, cols = self.line_maps(tile)
+        r = int(np.nonzero(rows == row)[0][0])
+        c = int(np.nonzero(cols == unit // self.cfg.datapath.slices)[0][0])
+        for layer in self.layers:
+            for b in layer.blocks:
+                if b.tile == tile and b.row <= r < b.row + b.rows and b.col <= c < b.col + b.cols:
+                    return layer.name
+        return "-"
 
     def save(self, path) -> None:
         """Write this deployment atomically (:mod:`cimstack.saved`; load it with
@@ -366,8 +492,14 @@ class Deployment:
             xin = np.zeros((len(xq), rows), dtype=np.int64)
             for b in p.blocks:
                 xin[:, b.row:b.row + b.rows] = xq[:, b.in0:b.in0 + b.rows]
+            if p.tile in self.row_map:              # repaired rows: their inputs go to the spare lines
+                routed = np.zeros_like(xin)
+                routed[:, self.row_map[p.tile]] = xin
+                xin = routed
             self._load_adc(be, p.tile, layer)
             out = be.vmm(p.tile, xin, layer.mode) - offset
+            if p.tile in self.col_map:              # repaired columns: read from the spare lines
+                out = out[:, torch.as_tensor(self.col_map[p.tile])]
             # output units back to column-sum units: undo the ADC gain, the post scale/shift
             # and the analog gain the IR-drop correction left
             scale = ((1 << self.cfg.adc.gain_shift) / layer.adc_gain) / post / self.tile_gain.get(p.tile, 1.0)
@@ -396,6 +528,13 @@ class Deployment:
                          f"{len(layer.blocks):>2d} block(s), input range {layer.x_range:.3g}, "
                          f"weight error {100 * layer.weight_error():.2f} %")
         return "\n".join(lines)
+
+
+def _faults(tile: int, jobs: CellJobs, status: np.ndarray, error: np.ndarray, layer: str | None) -> list[CellFault]:
+    """The cells of one write-verify call that ended out of tolerance."""
+    return [CellFault(tile, int(jobs.row[i]), int(jobs.unit[i]), int(jobs.cell[i]), layer or "-",
+                      "stuck" if status[i] == WV_STUCK else "failed", int(error[i]))
+            for i in np.nonzero(np.asarray(status) != WV_CONVERGED)[0]]
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -13,8 +13,8 @@ For a layer with crossbar matrix ``M`` (in_features x out_features, see
 3. **Cells**: differential pairs or an offset reference column, and bit slicing of each
    weight across ``datapath.slices`` cells, are fixed by the chip config and applied by
    :func:`cimstack.mapping.weights_to_codes` when a tile is programmed.
-4. **Tiling**: the matrix is cut into row blocks of at most ``array.rows`` inputs and column
-   blocks of at most ``array.cols`` outputs, cut as evenly as possible (so that small
+4. **Tiling**: the matrix is cut into row blocks of at most ``array.usable_rows`` inputs and
+   column blocks of at most ``array.usable_cols`` outputs (the array less its spare lines), cut as evenly as possible (so that small
    remainders do not waste an array when packing); ``copies`` places each block several
    times and averages the copies' outputs digitally (read and ADC noise fall by sqrt(copies)).
 
@@ -155,8 +155,8 @@ def _blocks(name: str, w_int: np.ndarray, cfg: ChipConfig, copies: int) -> list[
     in_f, out_f = w_int.shape
     blocks = []
     for c in range(copies):
-        for in0, rows in even_splits(in_f, cfg.array.rows):
-            for out0, cols in even_splits(out_f, cfg.array.cols):
+        for in0, rows in even_splits(in_f, cfg.array.usable_rows):
+            for out0, cols in even_splits(out_f, cfg.array.usable_cols):
                 blocks.append(Block(name, len(blocks), c, in0, rows, out0, cols,
                                     w_int[in0:in0 + rows, out0:out0 + cols].copy()))
     return blocks

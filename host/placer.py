@@ -198,6 +198,12 @@ def _cost(cfg: ChipConfig, layers: list[MappedLayer], passes: dict[str, list[Pas
     return {"arrays": arrays, "cycles": cycles, "hops": hops}
 
 
+def _usable(a) -> str:
+    """The area placement may fill, for messages: ``rows x cols`` less the spare lines."""
+    spares = f" (less {a.spare_rows} spare rows, {a.spare_cols} spare columns)" if a.spare_rows or a.spare_cols else ""
+    return f"{a.usable_rows}x{a.usable_cols}{spares}"
+
+
 def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[tuple[Block, int, int, int]] | str:
     """Skyline packing; returns (block, tile, row, col) or the reason it does not fit.
 
@@ -218,7 +224,7 @@ def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[t
                     spot = (t, pos)
                     break
             if spot is None:
-                arrays.append(_Skyline(a.cols, a.rows))
+                arrays.append(_Skyline(a.usable_cols, a.usable_rows))
                 spot = (len(arrays) - 1, arrays[-1].find(b.cols, b.rows))
             t, (x, y) = spot
             arrays[t].add(x, y, b.cols, b.rows)
@@ -228,7 +234,7 @@ def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[t
     order = [layer.name for layer in layers]
     first = min((b for b, t, _, _ in out if t >= a.tiles), key=lambda b: order.index(b.layer))
     how = "one layer per array" if per_layer else "skyline packing"
-    return (f"the model does not fit: with {how} it needs {len(arrays)} arrays of {a.rows}x{a.cols}, the chip "
+    return (f"the model does not fit: with {how} it needs {len(arrays)} arrays of {_usable(a)}, the chip "
             f"has {a.tiles} ({len(arrays) - a.tiles} short); layer {first.layer!r} is the first left without "
             f"room (block {first.index}, {first.rows}x{first.cols})")
 
@@ -239,9 +245,9 @@ def place(layers: list[MappedLayer], cfg: ChipConfig, strategy: str = "auto") ->
         raise ConfigError(f"placement strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     for layer in layers:
         for b in layer.blocks:
-            if b.rows > cfg.array.rows or b.cols > cfg.array.cols:
+            if b.rows > cfg.array.usable_rows or b.cols > cfg.array.usable_cols:
                 raise PlacementError(f"layer {layer.name!r}: block {b.index} is {b.rows}x{b.cols}, larger than "
-                                     f"the {cfg.array.rows}x{cfg.array.cols} array")
+                                     f"the {_usable(cfg.array)} array")
     candidates = ["layer_per_array", "skyline"] if strategy == "auto" else [strategy]
     results, errors = {}, []
     for name in candidates:
@@ -271,16 +277,17 @@ def place(layers: list[MappedLayer], cfg: ChipConfig, strategy: str = "auto") ->
 
 def placed(layers: list[MappedLayer], cfg: ChipConfig, strategy: str) -> Placement:
     """The :class:`Placement` of blocks that already carry their positions (a saved
-    deployment): checks that every block lies inside an array of ``cfg`` and that no two
+    deployment): checks that every block lies inside an array of ``cfg`` (off its spare
+    lines) and that no two
     blocks overlap, then derives the passes and the cost as :func:`place` does."""
     a = cfg.array
     used: dict[int, np.ndarray] = {}
     for layer in layers:
         for b in layer.blocks:
-            if not (0 <= b.tile < a.tiles and 0 <= b.row and b.row + b.rows <= a.rows
-                    and 0 <= b.col and b.col + b.cols <= a.cols):
+            if not (0 <= b.tile < a.tiles and 0 <= b.row and b.row + b.rows <= a.usable_rows
+                    and 0 <= b.col and b.col + b.cols <= a.usable_cols):
                 raise PlacementError(f"layer {layer.name!r}: block {b.index} at tile {b.tile}, ({b.row}, {b.col}) "
-                                     f"size {b.rows}x{b.cols} lies outside the chip's {a.tiles} arrays of {a.rows}x{a.cols}")
+                                     f"size {b.rows}x{b.cols} lies outside the chip's {a.tiles} arrays of {_usable(a)}")
             grid = used.setdefault(b.tile, np.zeros((a.rows, a.cols), dtype=bool))
             if grid[b.row:b.row + b.rows, b.col:b.col + b.cols].any():
                 raise PlacementError(f"layer {layer.name!r}: block {b.index} overlaps another block on tile {b.tile}")

@@ -7,6 +7,7 @@ A file holds:
 - per layer, the integer weight codes of every block and where the block sits;
 - the weight and input scales;
 - the tuned hardware parameters (ADC gain and offset, input mode and range, copies);
+- the lines that programming moved onto spares (:mod:`cimstack.repair`), per tile;
 - the chip config, with its hash.
 
 :func:`save_deployment` writes it through a temporary file renamed over the old one: a writer
@@ -30,6 +31,7 @@ import torch
 from .config import ChipConfig
 from .errors import CompileError, ConfigError
 from .files import atomic_write
+from .repair import check_maps
 
 __all__ = ["FORMAT", "save_deployment", "load_deployment"]
 
@@ -82,6 +84,9 @@ def save_deployment(dep, path: str | Path) -> Path:
                                 "cols": b.cols, "tile": b.tile, "row": b.row, "col": b.col,
                                 "weights": _encode(np.asarray(b.weights, dtype=np.int64))} for b in layer.blocks]}
                    for layer in dep.layers],
+        "line_maps": {int(t): {"rows": _encode(np.asarray(rows, dtype=np.int64)),
+                               "cols": _encode(np.asarray(cols, dtype=np.int64))}
+                      for t in sorted(set(dep.row_map) | set(dep.col_map)) for rows, cols in [dep.line_maps(t)]},
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -139,6 +144,14 @@ def load_deployment(path: str | Path):
         dep = Deployment(cfg, graph, layers, placement, state["seed"], tuple(state["input_shape"]),
                          ir_compensation=state["ir_compensation"])
         dep.settings().check(cfg)                    # ADC registers, modes, ranges within the chip's
+        a = cfg.array
+        for t, maps in state.get("line_maps", {}).items():
+            rows, cols = _decode(maps["rows"]), _decode(maps["cols"])
+            problem = None if 0 <= t < a.tiles else f"tile {t} is not on the chip"
+            problem = problem or check_maps(rows, cols, a.rows, a.cols, a.usable_rows, a.usable_cols)
+            if problem:
+                raise CompileError(f"{path}: damaged spare-line repairs of tile {t}: {problem}")
+            dep.row_map[t], dep.col_map[t] = rows, cols
         dep.info = _decode(state["info"])
         return dep
     except KeyError as exc:

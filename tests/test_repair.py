@@ -1,0 +1,169 @@
+"""Programming failures: faulty cells reported per cell, their lines moved onto spare rows and
+columns, and a repaired chip that computes exactly what a fault-free one does."""
+import numpy as np
+import pytest
+import torch
+
+import cimstack
+from cimstack import models
+from cimstack.backends import EmulatorBackend, GoldenBackend, fabricate
+from cimstack.errors import CompileError, ConfigError, ProgrammingError
+from cimstack.repair import check_maps, pick_line
+from cimstack.saved import load_deployment
+
+# noise-free reads, so that a repaired chip must match a fault-free one bit for bit
+QUIET = dict(output_noise_lsb=0.0, read_noise_sigma=0.0)
+SPARES = dict(spare_rows=4, spare_cols=4)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    model, split, _ = models.train_digits("mlp", seed=0)
+    return model, split
+
+
+STUCK, SEED = 0.0015, 5        # chip instance 5 of this config: 14 faulty cells in use, 2 more on spares, all repairable
+
+
+def faulty(stuck: float, **array) -> cimstack.ChipConfig:
+    return cimstack.preset("default").replace(
+        array=array, device=dict(QUIET, stuck_at_0_rate=stuck / 2, stuck_at_gmax_rate=stuck / 2))
+
+
+def compiled(mlp, cfg):
+    model, split = mlp
+    return cimstack.compile(model, cfg, example=split.x_train[:128], seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def repaired(mlp):
+    """The MLP on a chip with stuck cells and 4 spare rows and columns per tile, programmed
+    on the golden model with ``strict`` (so every fault in use was repaired)."""
+    cfg = faulty(STUCK, **SPARES)
+    dep = compiled(mlp, cfg)
+    return cfg, dep, dep.program(GoldenBackend(cfg), strict=True)
+
+
+def test_pick_line_prefers_most_faults_then_must_repair_then_cheaper_lines():
+    hits = np.zeros((8, 6), dtype=bool)
+    hits[2, [0, 3, 5]] = True                        # row 2: three faults
+    hits[[1, 4], 1] = True                           # column 1: two
+    assert pick_line(hits, 2, 2) == ("row", 2)
+    assert pick_line(hits, 0, 2) == ("col", 1)       # no spare rows: a column
+    assert pick_line(hits, 2, 0) == ("row", 2)
+    # column 1 has more faults than there are spare rows: only a column can mend it
+    hits2 = np.zeros((8, 6), dtype=bool)
+    hits2[[0, 2, 5], 1] = True
+    hits2[3, [2, 3, 4]] = True                       # as many, and a row is cheaper, but
+    assert pick_line(hits2, 2, 3) == ("col", 1)
+    one = np.zeros((8, 6), dtype=bool)
+    one[3, 3] = True
+    assert pick_line(one, 1, 1) == ("row", 3)        # a tie: the row has 6 positions, the column 8
+    assert pick_line(one, 0, 0) is None
+    assert pick_line(np.zeros((8, 6), dtype=bool), 1, 1) is None
+
+
+def test_spares_are_checked_and_held_back_from_placement(mlp):
+    model, split = mlp
+    with pytest.raises(ConfigError, match="spare_rows = 64 is out of range"):
+        cimstack.preset("default").replace(array=dict(spare_rows=64))
+    with pytest.raises(ConfigError, match="spare_cols"):
+        cimstack.preset("default").replace(array=dict(spare_cols=-1))
+    base = cimstack.preset("default")
+    cfg = base.replace(array=SPARES)
+    assert cfg.datapath.config_hash == base.datapath.config_hash     # the same gateware
+    assert (cfg.array.usable_rows, cfg.array.usable_cols) == (60, 60)
+    dep = cimstack.compile(model, cfg, example=split.x_train[:64])
+    for layer in dep.layers:
+        for b in layer.blocks:
+            assert b.row + b.rows <= 60 and b.col + b.cols <= 60
+    tight = base.replace(array=dict(tiles=1, spare_rows=40, spare_cols=40))
+    with pytest.raises(cimstack.errors.PlacementError, match=r"24x24 \(less 40 spare rows, 40 spare columns\)"):
+        cimstack.compile(model, tight, example=split.x_train[:64])
+
+
+def test_repaired_chip_computes_exactly_what_a_fault_free_one_does(mlp, repaired):
+    """Stuck cells in use are reported per cell and moved onto spares (spare cells that fail
+    in turn go to the next spare); with every fault out of use the outputs equal a fault-free
+    chip's bit for bit, which also proves the input and output routing of the moved lines."""
+    cfg, dep, report = repaired
+    assert report.failed_cells > 10 and report.repairs and not report.unrepaired
+    assert {r.kind for r in report.repairs} == {"row", "col"}
+    assert any(f.on_spare for f in report.faults)                 # a spare failed and was replaced
+    # every fault is a real out-of-tolerance cell of the fabricated chip, named per cell
+    for f in report.faults:
+        assert fabricate(cfg, dep.seed, f.tile)[f.row, f.unit, f.cell] != 0, str(f)
+        assert f.repaired and not dep.used_lines(f.tile)[f.row, f.unit // cfg.datapath.slices]
+    assert sum(s.repaired for s in report.layers) == report.failed_cells
+    assert "faulty cells taken out of use, 0 left in use" in report.table()
+    # a moved row carries the weights of the placement row it replaced
+    r = next(r for r in report.repairs if r.kind == "row")
+    rows, cols = dep.line_maps(r.tile)
+    assert rows[r.line] == r.spare >= cfg.array.usable_rows
+    w = dep.tile_weights(r.tile)
+    assert w[r.spare].any() and not w[r.old].any()
+
+    clean_cfg = faulty(0.0, **SPARES)
+    clean = compiled(mlp, clean_cfg)
+    assert not clean.program(GoldenBackend(clean_cfg)).faults
+    x = mlp[1].x_test[:120]
+    torch.testing.assert_close(dep.run(x), clean.run(x), rtol=0, atol=0)
+
+
+def test_the_emulator_finds_the_same_faults_and_makes_the_same_repairs(mlp, repaired):
+    cfg, _, gold = repaired
+    emu = compiled(mlp, cfg).program(EmulatorBackend(cfg))
+    assert [str(f) for f in gold.faults] == [str(f) for f in emu.faults]
+    assert [str(r) for r in gold.repairs] == [str(r) for r in emu.repairs] and not emu.unrepaired
+
+
+def test_without_enough_spares_faults_stay_reported_and_strict_refuses(mlp):
+    none = faulty(STUCK)
+    dep = compiled(mlp, none)
+    with pytest.raises(ProgrammingError, match="the config has no spare lines") as refused:
+        dep.program(GoldenBackend(none), strict=True)
+    report = refused.value.report
+    assert len(report.unrepaired) == report.failed_cells > 10 and not report.repairs
+    few = faulty(STUCK, spare_rows=1, spare_cols=1)
+    dep = compiled(mlp, few)
+    with pytest.raises(ProgrammingError, match=r"in use after using \d+ spare lines: fc1: \d+.*first: tile \d row") as refused:
+        dep.program(GoldenBackend(few), strict=True)
+    report = refused.value.report
+    assert 0 < len(report.unrepaired) < report.failed_cells and len(report.repairs) <= 2 * len(dep.placement.tiles_used)
+
+
+
+def test_repairs_survive_save_and_load_and_damage_is_refused(repaired, tmp_path):
+    _, dep, _ = repaired
+    path = tmp_path / "mlp.dep"
+    dep.save(path)
+    back = load_deployment(path)
+    for t in dep.placement.tiles_used:
+        for got, want in zip(back.line_maps(t), dep.line_maps(t)):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(back.tile_weights(t), dep.tile_weights(t))
+        np.testing.assert_array_equal(back.cell_targets(t), dep.cell_targets(t))
+    state = torch.load(path, weights_only=True)
+    t = next(iter(state["line_maps"]))
+    rows = state["line_maps"][t]["rows"]["__ndarray__"]
+    rows[0], rows[1] = rows[1].clone(), rows[0].clone()               # two placement rows swapped
+    torch.save(state, path)
+    with pytest.raises(CompileError, match="swaps two placement lines"):
+        load_deployment(path)
+    assert check_maps(np.zeros(64, dtype=int), np.arange(64), 64, 64, 60, 60) == "the row map is not a permutation of 64 lines"
+
+
+def test_another_chip_instance_gets_its_own_repairs(mlp, repaired):
+    """Programming starts from the placement: another chip instance (seed) has other faulty
+    cells and gets other repairs, none carried over from the last chip."""
+    cfg, first_dep, first = repaired
+    dep = compiled(mlp, cfg)
+    dep.seed = SEED + 1
+    second = dep.program(GoldenBackend(cfg))
+    assert {(r.tile, r.kind, r.line) for r in first.repairs} != {(r.tile, r.kind, r.line) for r in second.repairs}
+    assert all(fabricate(cfg, dep.seed, f.tile)[f.row, f.unit, f.cell] != 0 for f in second.faults)
+    moved = {(r.tile, r.kind, r.line) for r in second.repairs}
+    for t in dep.placement.tiles_used:
+        rows, cols = dep.line_maps(t)
+        assert {i for i in np.nonzero(rows != np.arange(len(rows)))[0] if i < cfg.array.usable_rows} == \
+            {r[2] for r in moved if r[:2] == (t, "row")}
