@@ -86,7 +86,7 @@ class ArrayConfig:
 
     ``spare_rows`` and ``spare_cols`` (the last word lines and logical columns of every
     tile) are held back from placement: programming moves a row or column whose cells fail
-    write-verify onto a spare (:meth:`cimstack.Deployment.program`). They are a host policy
+    write-verify onto a spare (``Deployment.program``, ``cimstack.repair``). They are a host policy
     over the same arrays, so they are left out of the config hash the gateware carries.
     """
 
