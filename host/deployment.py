@@ -305,14 +305,7 @@ class Deployment:
             report.faults += _faults(t, jobs, status, error, layer.name)
             bar.update(1)
         bar.close()
-        a = self.cfg.array
-        if a.spare_rows or a.spare_cols:
-            for t in tiles:
-                if any(f.tile == t for f in report.faults):
-                    self._repair(backend, t, report, tol, wv)
-        in_use = {t: self._used_cells(t) for t in {f.tile for f in report.faults}}
-        for f in report.faults:                     # out of use: on a line that a spare replaced
-            f.repaired = not in_use[f.tile][f.row, f.unit, f.cell]
+        self._repair_all(backend, report, tol, wv)
         for layer in self.layers:
             parts = stats[layer.name]
             status = np.concatenate([p[0] for p in parts])
@@ -327,19 +320,100 @@ class Deployment:
                 float(np.sqrt(np.mean(error ** 2))) if len(error) else 0.0, sum(p[3] for p in parts), repaired))
         report.seconds = time.perf_counter() - t0
         self.backend = backend
-        if strict and report.unrepaired:
+        if strict:
+            self._refuse_unrepaired(report, "write-verify")
+        return report
+
+    def check_cells(self, backend: Backend | None = None, tol: int | None = None) -> list[CellFault]:
+        """Verify-read every cell in use (default: on the backend last programmed) and return
+        those now out of tolerance of their target (status ``"drifted"``): retention loss,
+        read disturb, drift on a real array. :meth:`refresh` programs them again."""
+        be = self._programmed(backend)
+        tol = self._tol(tol)
+        out = []
+        for t in self.placement.tiles_used:
+            used = self._used_cells(t)
+            r, u, c = np.nonzero(used)
+            error = np.asarray(be.read_cells(t, r, u, c), dtype=np.float64) - self.cell_targets(t)[used]
+            for i in np.nonzero(np.abs(error) > tol)[0]:
+                out.append(CellFault(t, int(r[i]), int(u[i]), int(c[i]), self._owner(t, int(r[i]), int(u[i])),
+                                     "drifted", int(np.round(error[i]))))
+        return out
+
+    def refresh(self, backend: Backend | None = None, *, max_pulses: int = 100, amp_start: int = 1,
+                amp_step: int = 1, amp_max: int | None = None, tol: int | None = None,
+                strict: bool = False) -> ProgramReport:
+        """Write-verify again the cells :meth:`check_cells` finds out of tolerance. Those
+        that then fail are reported (``report.faults``) and repaired with the spare lines left,
+        as in :meth:`program`; ``report.layers`` counts the refreshed cells per layer."""
+        be = self._programmed(backend)
+        tol = self._tol(tol)
+        wv = (max_pulses, amp_start, amp_step, self.cfg.device.pulse_max_amplitude if amp_max is None else amp_max)
+        t0 = time.perf_counter()
+        drifted = self.check_cells(be, tol)
+        report = ProgramReport(be.name)
+        per_layer: dict[str, list] = {}
+        for t in sorted({f.tile for f in drifted}):
+            cells = [f for f in drifted if f.tile == t]
+            r, u, c = (np.array([getattr(f, k) for f in cells]) for k in ("row", "unit", "cell"))
+            jobs = CellJobs(r, u, c, self.cell_targets(t)[r, u, c], np.full(len(r), tol))
+            status, pulses, error = be.write_verify(t, jobs, *wv)
+            for f, st, n, e in zip(cells, status, pulses, error):
+                per_layer.setdefault(f.layer, []).append((st, n, e))
+            for f in _faults(t, jobs, status, error, None):
+                f.layer = self._owner(t, f.row, f.unit)
+                report.faults.append(f)
+        self._repair_all(be, report, tol, wv)
+        for name, rows in per_layer.items():
+            st, n, e = (np.array(v) for v in zip(*rows))
+            report.layers.append(LayerProgramStats(
+                name, len(st), int(n.sum()), int(n.max(initial=0)), int((st == WV_CONVERGED).sum()),
+                int((st == WV_FAILED).sum()), int((st == WV_STUCK).sum()), float(np.sqrt(np.mean(e.astype(float) ** 2))),
+                0.0, sum(f.repaired for f in report.faults if f.layer == name and not f.on_spare)))
+        report.seconds = time.perf_counter() - t0
+        if strict:
+            self._refuse_unrepaired(report, "refresh")
+        return report
+
+    def _programmed(self, backend: Backend | None) -> Backend:
+        be = backend or self.backend
+        if be is None:
+            raise ConfigError("the deployment has not been programmed on any backend: call program(backend) first")
+        return be
+
+    def _repair_all(self, backend: Backend, report: ProgramReport, tol: int, wv: tuple) -> None:
+        """Repair every tile with faults in ``report`` and mark the faults a spare took out of use."""
+        a = self.cfg.array
+        tiles = sorted({f.tile for f in report.faults})
+        if a.spare_rows or a.spare_cols:
+            for t in tiles:
+                self._repair(backend, t, report, tol, wv)
+        in_use = {t: self._used_cells(t) for t in tiles}
+        for f in report.faults:                     # out of use: on a line that a spare replaced
+            f.repaired = not in_use[f.tile][f.row, f.unit, f.cell]
+
+    def _refuse_unrepaired(self, report: ProgramReport, what: str) -> None:
+        a = self.cfg.array
+        if report.unrepaired:
             left = report.unrepaired
             per_layer = {}
             for f in left:
                 per_layer[f.layer] = per_layer.get(f.layer, 0) + 1
-            spares = f" after using {len(report.repairs)} spare lines" if report.repairs else \
-                " (the config has no spare lines: set array.spare_rows / spare_cols)" if not (a.spare_rows or a.spare_cols) else ""
+            spares = f" after using {sum(self._spares_used(t) for t in self.placement.tiles_used)} spare lines" \
+                if a.spare_rows or a.spare_cols else \
+                " (the config has no spare lines: set array.spare_rows / spare_cols)"
             exc = ProgrammingError(
-                f"write-verify left {len(left)} cells out of tolerance in use{spares}: "
+                f"{what} left {len(left)} cells out of tolerance in use{spares}: "
                 + ", ".join(f"{k}: {v}" for k, v in per_layer.items()) + "; first: " + "; ".join(map(str, left[:3])))
             exc.report = report                     # the per-cell account, for whoever catches it
             raise exc
-        return report
+
+    def _spares_used(self, tile: int) -> int:
+        """Spare lines of a tile that hold a placement line (or a faulty line moved off one)."""
+        a = self.cfg.array
+        rows, cols = self.line_maps(tile)
+        return int((rows[a.usable_rows:] != np.arange(a.usable_rows, a.rows)).sum()
+                   + (cols[a.usable_cols:] != np.arange(a.usable_cols, a.cols)).sum())
 
     def _repair(self, backend: Backend, tile: int, report: ProgramReport, tol: int, wv: tuple) -> None:
         """Move the lines of ``tile`` that hold faulty cells in use onto spares, programming
@@ -351,7 +425,9 @@ class Deployment:
                 bad[f.row, f.unit, f.cell] = True
         written = self._used_cells(tile)                      # what the first pass programmed
         written_target = self.cell_targets(tile).copy()
-        free = {"row": list(range(a.usable_rows, a.rows)), "col": list(range(a.usable_cols, a.cols))}
+        rows, cols = self.line_maps(tile)              # spare slots still in place are free
+        free = {"row": [q for q in range(a.usable_rows, a.rows) if rows[q] == q],
+                "col": [q for q in range(a.usable_cols, a.cols) if cols[q] == q]}
         while True:
             hits = self.used_lines(tile) & bad.reshape(a.rows, a.cols, -1).any(axis=2)
             if not hits.any():
@@ -421,9 +497,7 @@ class Deployment:
     def run(self, x, backend: Backend | None = None) -> torch.Tensor:
         """Outputs of the model for the batch ``x`` on ``backend`` (default: the one last
         programmed), float64."""
-        be = backend or self.backend
-        if be is None:
-            raise ConfigError("the deployment has not been programmed on any backend: call program(backend) first")
+        be = self._programmed(backend)
         x = self._check_input(x)
         with torch.no_grad():
             return self.graph.evaluate(x, lambda node, x2d: self._vmm(be, node, x2d))
@@ -468,9 +542,7 @@ class Deployment:
         """One placed layer's product ``x2d @ M`` (no bias) on the chip, float64: inputs
         quantised to the layer's scale, every pass of its blocks run, results dequantised.
         Chip-in-the-loop training calls this from the model's own layers."""
-        be = backend or self.backend
-        if be is None:
-            raise ConfigError("the deployment has not been programmed on any backend: call program(backend) first")
+        be = self._programmed(backend)
         if name not in self.by_name:
             raise ConfigError(f"no placed layer {name!r}; layers: {', '.join(self.by_name)}")
         layer = self.by_name[name]

@@ -167,3 +167,45 @@ def test_another_chip_instance_gets_its_own_repairs(mlp, repaired):
         rows, cols = dep.line_maps(t)
         assert {i for i in np.nonzero(rows != np.arange(len(rows)))[0] if i < cfg.array.usable_rows} == \
             {r[2] for r in moved if r[:2] == (t, "row")}
+
+
+def test_cells_that_drift_out_of_tolerance_are_found_refreshed_and_repaired(mlp):
+    """After programming, cells disturbed out of tolerance are found by a verify read of every
+    cell in use and programmed again; one that broke (stuck) is moved onto a spare. The chip
+    then computes exactly what it did before."""
+    from cimstack.golden import RESET, SET, STUCK_AT_MAX
+    cfg = faulty(0.0, **SPARES)
+    dep = compiled(mlp, cfg)
+    be = GoldenBackend(cfg)
+    dep.program(be, strict=True)
+    x = mlp[1].x_test[:100]
+    before = dep.run(x)
+    assert dep.check_cells() == []
+    t = dep.placement.tiles_used[0]
+    jobs = dep.cell_jobs(t, dep.layers[0])
+    full = (1 << cfg.datapath.state_bits) - 1
+    picks = np.random.default_rng(0).choice(len(jobs), 8, replace=False)
+    disturbed = set()
+    for i in picks[:6]:                      # pushed away from target: 3 pulses of the largest amplitude
+        r, u, c, target = (int(v[i]) for v in (jobs.row, jobs.unit, jobs.cell, jobs.target))
+        for _ in range(3):
+            be.pulse(t, r, u, c, RESET if target > full // 2 else SET, cfg.device.pulse_max_amplitude)
+        disturbed.add((r, u, c))
+    found = {(f.row, f.unit, f.cell) for f in dep.check_cells()}
+    assert found <= disturbed and len(found) >= 4
+    report = dep.refresh()
+    assert sum(s.cells for s in report.layers) == len(found) and not report.faults
+    assert dep.check_cells() == []
+    torch.testing.assert_close(dep.run(x), before, rtol=0, atol=0)
+
+    i = next(i for i in picks[6:] if jobs.target[i] < full - 8)        # a cell that breaks later
+    g = be.soc.tiles[t]
+    stuck = g.stuck.copy()
+    stuck[jobs.row[i], jobs.unit[i], jobs.cell[i]] = STUCK_AT_MAX
+    g.set_state(g.state, stuck)
+    (broken,) = dep.check_cells()
+    assert (broken.row, broken.unit, broken.cell, broken.status) == (jobs.row[i], jobs.unit[i], jobs.cell[i], "drifted")
+    report = dep.refresh(strict=True)
+    assert [f.status for f in report.faults] == ["stuck"] and report.faults[0].repaired and len(report.repairs) == 1
+    assert dep.check_cells() == []
+    torch.testing.assert_close(dep.run(x), before, rtol=0, atol=0)
