@@ -251,7 +251,9 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                     "Activation buffer: signed 32-bit inputs and outputs of VMMs."),
         MemorySpace("INSTR", 0x03, 8, 64, s.instr_words, "rw",
                     "Sequencer program: 64-bit instructions (docs/sequencer.md)."),
-        MemorySpace("WV_JOBS", 0x01, 8, 64, s.wv_jobs, "rw", "Write-verify jobs: " + _layout(WV_JOB_FIELDS)),
+        # the job memory keeps the job layout's bits only (57): wider bits read back as 0
+        MemorySpace("WV_JOBS", 0x01, 8, max(f.offset + f.width for f in WV_JOB_FIELDS), s.wv_jobs, "rw",
+                    "Write-verify jobs: " + _layout(WV_JOB_FIELDS)),
         MemorySpace("WV_RESULTS", 0x02, 4, 32, s.wv_jobs, "rw", "Write-verify results: " + _layout(WV_RESULT_FIELDS)),
     ]
     for t in range(a.tiles):

@@ -309,10 +309,13 @@ class HostBridge(wiring.Component):
                                 m.d.sync += [n.eq(mem_count_arg), mem_addr.eq(mem_addr_arg)]
                                 respond(sp_count_bytes, K_MEM)
                         with m.Case(Op.WRITE_MEM):
-                            with m.If(~sp_ok):
-                                fail(ErrorCode.BAD_ADDRESS)
-                            with m.Elif(plen < 3 + sp_wb):
+                            # length first: a payload too short for space and address is
+                            # BAD_LENGTH whatever byte (a CRC byte, if it is empty) sits where the
+                            # space would be (sp_wb is 0 for a space that does not exist)
+                            with m.If(plen < 3 + sp_wb):
                                 fail(ErrorCode.BAD_LENGTH)
+                            with m.Elif(~sp_ok):
+                                fail(ErrorCode.BAD_ADDRESS)
                             with m.Else():
                                 m.d.sync += [n.eq(0), resp_len.eq(plen - 3)]
                                 m.next = "VAL_WMEM"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ import pytest
 from cimstack import prng
 from cimstack.config import preset
 from cimstack.golden import GoldenSoC, Pulse, WriteVerifyJob
-from cimstack.protocol import (ESC, FLAG, ErrorCode, Frame, Op, encode_frame, read_mem_payload,
-                               read_reg_payload, split_words, write_mem_payload, write_reg_payload)
+from cimstack.protocol import (CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, Deframer, ErrorCode,
+                               Frame, Op, crc16, encode_frame, read_mem_payload, read_reg_payload, split_words,
+                               stuff, write_mem_payload, write_reg_payload)
 from cimstack.isa import mode_name
 from cimstack.regmap import WV_CONVERGED, WV_STUCK, register_map
+from cimstack.rtl.bridge import RUN_UNITS
 from cimstack.sim.script import Script, error_code, ok_payload, u32s
 from cimstack.sim.verilator import build_soc
 
@@ -170,6 +173,448 @@ def test_registers_and_damaged_frames(soc):
     # good CRC and length: one per step except the corrupted and the oversized body (the
     # truncated and garbage steps each carry one good frame); this read counts itself
     assert frames_ok == len(st) - 2
+
+
+# -- random garbage and structure-aware fuzzing of the frame decoder -----------------------------
+
+MUTATING = (Op.WRITE_REG, Op.WRITE_MEM, Op.RUN)
+REJECTED = {"bad CRC": ErrorCode.BAD_CRC, "overflow": ErrorCode.OVERFLOW}    # else BAD_LENGTH
+PLAIN = [b for b in range(256) if b not in (FLAG, ESC)]
+
+
+class Unsafe(Exception):
+    """A generated request would start an engine or load a tile: the fuzzer draws another."""
+
+
+class BridgeModel:
+    """The host bridge as docs/protocol.md specifies it (the order of checks inside one
+    request as rtl/bridge.py makes them), with a shadow of every readable memory word and
+    read/write register and the link counters.
+
+    :meth:`send` takes wire bytes and returns the answers they must get: the host
+    :class:`Deframer` cuts the bodies, each rejected body gets one ERROR frame, each good one is
+    executed on the shadow. Its answers are ``(Frame, words of the payload not compared)``.
+
+    The RTL receiver and ``Deframer(max_body=max_payload + 6)`` cut and judge bodies alike: FLAG
+    ends a body and an ESC before it is dropped, empty bodies are ignored, a body of exactly
+    max_payload + 6 bytes still fits, and the checks come in the same order (overflow, shorter
+    than 6 bytes, CRC, length field). The Deframer names two causes the RTL answers with one
+    code (a short body and a wrong length field are both BAD_LENGTH)."""
+
+    def __init__(self, cfg, rm):
+        self.mp = cfg.soc.max_payload
+        self.regs = {r.addr: r for r in rm.registers}
+        self.spaces = {s.space: s for s in rm.spaces}
+        self.mask = {s.space: (1 << s.word_bits) - 1 for s in rm.spaces}
+        self.mem = {s.space: [0] * s.depth for s in rm.spaces if s.access == "rw"}     # reset: 0
+        self.reg = {r.addr: r.reset for r in rm.registers if r.access == "rw"}
+        self.deframer = Deframer(max_body=self.mp + HEADER_BYTES + CRC_BYTES)
+        self.head: list[int] = []            # the current body's first two bytes, unstuffed
+        self.esc = False
+        self.frames_ok = self.errors = self.dups = 0
+        self.last_ok: int | None = None      # seq of the last successful answer (protocol 3.0)
+        self.codes: Counter = Counter()      # ERROR answers predicted, by code
+        self.writes = 0                      # requests that changed the shadow
+
+    def send(self, wire: bytes) -> list:
+        out = []
+        for b in wire:
+            # the RTL answers a rejected body with the body's own first two bytes as seq and op
+            # (0 where the body is shorter); the spec only says "an arbitrary seq", but a
+            # stale header from an earlier frame would show here
+            head = self.head
+            if b == FLAG:
+                self.head, self.esc = [], False
+            elif b == ESC:
+                self.esc = True
+            else:
+                if len(self.head) < 2:
+                    self.head.append(b ^ ESC_XOR if self.esc else b)
+                self.esc = False
+            for body in self.deframer.feed(bytes((b,))):
+                if isinstance(body, Frame):
+                    out.append(self.execute(body))
+                else:
+                    out.append((self.error(*(head + [0, 0])[:2], REJECTED.get(body, ErrorCode.BAD_LENGTH)), ()))
+        return out
+
+    def error(self, seq: int, op: int, code: int) -> Frame:
+        self.errors += 1
+        self.codes[ErrorCode(code).name] += 1
+        return Frame(seq, Op.ERROR, bytes((code, op)))
+
+    def execute(self, f: Frame):
+        self.frames_ok += 1
+        code, payload, ignore, apply = self.decide(f)
+        if f.op in MUTATING and f.seq == self.last_ok:
+            self.dups += 1
+        if code:
+            return self.error(f.seq, f.op, code), ()
+        if apply:
+            apply()
+            self.writes += 1
+        self.last_ok = f.seq
+        return Frame(f.seq, f.op | RESPONSE_BIT, payload), ignore
+
+    def decide(self, f: Frame):
+        """(error code or 0, answer payload, answer words not compared, what it applies)
+        for a body with a good CRC and length; raises :class:`Unsafe` for a request whose
+        effect the shadow does not model (wo register, wo space, RUN)."""
+        op, p, mp = f.op, f.payload, self.mp
+        if op in MUTATING and f.seq == self.last_ok:
+            return 0, b"", (), None                          # a retransmission: acknowledged, not applied
+        if op == Op.ECHO:
+            return 0, p, (), None
+        if op == Op.STATUS:
+            return (ErrorCode.BAD_LENGTH, b"", (), None) if p else (0, bytes(8), (1,), None)   # CYCLES varies
+        if op == Op.READ_REG:
+            if len(p) != 4:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            addr, count = struct.unpack("<HH", p)
+            if count == 0 or count > mp // 4:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            addrs = [(addr + i) & 0xFFFF for i in range(count)]
+            if any(a not in self.regs for a in addrs):
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            values = struct.pack(f"<{count}I", *(self.reg_value(a) for a in addrs))
+            return 0, values, [i for i, a in enumerate(addrs) if self.regs[a].name == "CYCLES"], None
+        if op == Op.WRITE_REG:
+            if len(p) < 6 or len(p) % 4 != 2:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            (addr,) = struct.unpack_from("<H", p)
+            values = split_words(p[2:], 4)
+            addrs = [(addr + i) & 0xFFFF for i in range(len(values))]
+            if any(a not in self.regs or self.regs[a].access == "ro" for a in addrs):
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            if any(self.regs[a].access != "rw" for a in addrs):
+                raise Unsafe("a write-only (command) register")
+
+            def apply():
+                for a, v in zip(addrs, values):
+                    self.reg[a] = v & self.regs[a].mask
+            return 0, b"", (), apply
+        if op == Op.READ_MEM:
+            if len(p) != 5:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            space, addr, count = struct.unpack("<BHH", p)
+            sp = self.spaces.get(space)
+            if sp is None or sp.access != "rw" or count == 0 or addr + count > sp.depth:
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            if count * sp.word_bytes > mp:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            words = self.mem[space][addr:addr + count]
+            return 0, b"".join(w.to_bytes(sp.word_bytes, "little") for w in words), (), None
+        if op == Op.WRITE_MEM:
+            # a payload too short to hold the space byte is BAD_LENGTH whatever follows it
+            if len(p) < 3:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            space, addr = struct.unpack_from("<BH", p)
+            sp = self.spaces.get(space)
+            if sp is None:
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            if len(p) < 3 + sp.word_bytes or (len(p) - 3) % sp.word_bytes:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            words = split_words(p[3:], sp.word_bytes)
+            if addr + len(words) > sp.depth:
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            if sp.access != "rw":
+                raise Unsafe("a tile's crossbar or post-processing memory")
+
+            def apply():
+                for i, w in enumerate(words):
+                    self.mem[space][addr + i] = w & self.mask[space]
+            return 0, b"", (), apply
+        if op == Op.RUN:
+            if len(p) != 1:
+                return ErrorCode.BAD_LENGTH, b"", (), None
+            if p[0] >= len(RUN_UNITS):
+                return ErrorCode.BAD_ADDRESS, b"", (), None
+            raise Unsafe("RUN")
+        return ErrorCode.BAD_OPCODE, b"", (), None
+
+    def reg_value(self, addr: int) -> int:
+        r = self.regs[addr]
+        if r.access == "rw":
+            return self.reg[addr]
+        counters = {"LINK_FRAMES": self.frames_ok, "LINK_ERRORS": self.errors, "LINK_DUPLICATES": self.dups}
+        if r.name in counters:
+            return counters[r.name] & r.mask
+        # constants; command registers and idle engines' status read 0
+        return r.reset & r.mask if r.const else 0
+
+    def safe(self, wire: bytes) -> bool:
+        """Whether every good body in ``wire`` (sent from a frame boundary) is one the shadow
+        models; changes nothing."""
+        try:
+            for body in Deframer(max_body=self.mp + HEADER_BYTES + CRC_BYTES).feed(wire):
+                if isinstance(body, Frame):
+                    self.decide(body)
+        except Unsafe:
+            return False
+        return True
+
+
+def noisy_bytes(rng: random.Random, n: int, special: float = 0.12) -> bytes:
+    """Random bytes with FLAG and ESC each ``special / 2`` likely (1/256 by chance)."""
+    return bytes(rng.choice((FLAG, ESC)) if rng.random() < special else rng.randrange(256) for _ in range(n))
+
+
+def plain_bytes(rng: random.Random, n: int) -> bytes:
+    """Random bytes without FLAG and ESC: a body of exactly ``n`` bytes on the wire."""
+    return bytes(rng.choice(PLAIN) for _ in range(n))
+
+
+def wire_body(seq: int, op: int, payload: bytes, length: int | None = None) -> bytes:
+    """A frame with a good CRC, its length field ``length`` (default: the true one)."""
+    head = struct.pack("<BBH", seq & 0xFF, op & 0xFF, len(payload) if length is None else length) + payload
+    return bytes((FLAG,)) + stuff(head + crc16(head).to_bytes(2, "big")) + bytes((FLAG,))
+
+
+def garbage_chunk(rng: random.Random, mp: int) -> bytes:
+    """A few pieces of line noise: random bytes dense in FLAG and ESC, short bodies, FLAG runs,
+    ESC before FLAG, doubled ESC, truncated and bit-flipped frames, bodies around the frame
+    buffer's size; it may end inside a body or on an ESC."""
+    out = bytearray()
+    for _ in range(rng.choice((1, 1, 2, 2, 3, 4))):
+        k = rng.random()
+        if k < 0.4:
+            out += noisy_bytes(rng, rng.randint(1, 30), rng.choice((0.05, 0.15, 0.4)))
+        elif k < 0.52:
+            out += bytes((FLAG,)) + stuff(noisy_bytes(rng, rng.randint(1, 5))) + bytes((FLAG,))
+        elif k < 0.62:
+            out += bytes(rng.choice(([ESC, FLAG], [FLAG, FLAG, FLAG], [ESC, ESC, 0x41], [ESC, ESC, FLAG],
+                                     [ESC, 0x5E, ESC, 0x5D], [FLAG, ESC, FLAG], [ESC])))
+        elif k < 0.75:
+            wire = encode_frame(Frame(rng.randrange(256), rng.randrange(7), noisy_bytes(rng, rng.randint(0, 12))))
+            out += wire[:rng.randint(1, len(wire) - 2)]                         # cut short
+        elif k < 0.88:
+            body = bytearray(Frame(rng.randrange(256), rng.randrange(7), noisy_bytes(rng, rng.randint(0, 12))).body())
+            for _ in range(rng.randint(1, 3)):
+                body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+            out += bytes((FLAG,)) + stuff(bytes(body)) + bytes((FLAG,))
+        elif k < 0.985:
+            out += plain_bytes(rng, rng.randint(1, 30))                        # no FLAG, no ESC
+        else:
+            n = rng.choice((mp + 5, mp + 6, mp + 7, mp + 8, rng.randint(mp + 9, mp + 40)))
+            out += stuff(noisy_bytes(rng, n, 0.02))                              # around the buffer size
+    return bytes(out)
+
+
+def test_frame_decoder_fuzz(soc):
+    """Random garbage and structure-aware frames against the RTL frame decoder. Proves that
+    it never hangs (every step is answered within its timeout) and always resynchronises (a
+    good request after every garbage chunk gets its correct answer); that it answers each
+    non-empty body exactly once, with the error code and header the host predicts (BAD_CRC,
+    BAD_LENGTH, OVERFLOW for damaged bodies, BAD_OPCODE, BAD_LENGTH, BAD_ADDRESS for good
+    bodies with random opcodes, spaces, addresses, counts and lengths); that it executes the
+    acceptable ones exactly as a host-side shadow does, retransmissions acknowledged and not
+    applied; that it never writes outside the addressed words (every readable memory word and
+    read/write register read back equals the shadow bit for bit); and that LINK_FRAMES,
+    LINK_ERRORS and LINK_DUPLICATES count what was predicted."""
+    cfg = soc.cfg
+    rm = register_map(cfg)
+    mp = cfg.soc.max_payload
+    mp_body = mp + HEADER_BYTES + CRC_BYTES
+    rng = random.Random(20240611)
+    model = BridgeModel(cfg, rm)
+    s = Script(rx_stall=0.2, tx_stall=0.2, seed=7)
+    expected: list[list] = []                        # per step, the answers the model predicts
+    timeout = 8000                                   # cycles after a step's last byte
+
+    def send(wire: bytes) -> int:
+        want = model.send(wire)
+        expected.append(want)
+        return s.raw(wire, frames=len(want), timeout=timeout)
+
+    def peek_seq() -> int:
+        """The next fresh seq: never the last success's, which would make a write a retransmission."""
+        nxt = (s.seq + 1) & 0xFF
+        return nxt if nxt != model.last_ok else (nxt + 1) & 0xFF
+
+    def request(op: int, payload: bytes = b"") -> int:
+        s.seq = peek_seq()
+        return send(encode_frame(Frame(s.seq, op, payload)))
+
+    readable = [sp for sp in rm.spaces if sp.access == "rw"]
+
+    # -- known contents: every readable word and read/write register random ------------------
+    for sp in readable:
+        per = (mp - 3) // sp.word_bytes
+        words = [rng.getrandbits(8 * sp.word_bytes) for _ in range(sp.depth)]
+        for a in range(0, sp.depth, per):
+            request(Op.WRITE_MEM, write_mem_payload(sp.space, a, words[a:a + per], sp.word_bytes))
+    for r in rm.registers:
+        if r.access == "rw":
+            request(Op.WRITE_REG, write_reg_payload(r.addr, [rng.getrandbits(32)]))
+    fill_writes = model.writes
+
+    # -- phase 1: garbage, each chunk followed by a good request -------------------------------
+    scratch, act = rm["SCRATCH"].addr, rm.space("ACT")
+    n_chunks, garbage_bytes = 160, 0
+    boundary = [                                     # the frame buffer's edge, byte exact
+        (plain_bytes(rng, mp_body), [ErrorCode.BAD_CRC]),                        # fills it
+        (plain_bytes(rng, mp_body + 1), [ErrorCode.OVERFLOW]),                   # one byte over
+        (plain_bytes(rng, mp_body) + bytes((ESC,)), [ErrorCode.BAD_CRC]),        # ESC, then FLAG: fits
+        (plain_bytes(rng, mp_body) + bytes((ESC, FLAG ^ ESC_XOR)), [ErrorCode.OVERFLOW]),  # stuffed byte over
+        (bytes((ESC,)), []),                                                     # a lone ESC: no body at all
+        (bytes((FLAG, FLAG, ESC, FLAG, ESC, ESC, FLAG)), []),                    # empty bodies
+        (bytes((0x41, ESC, FLAG)), [ErrorCode.BAD_LENGTH]),                      # one byte; ESC dropped
+    ]
+    good_payload = {
+        Op.ECHO: lambda: noisy_bytes(rng, rng.randint(0, 10), 0.3),
+        Op.READ_REG: lambda: read_reg_payload(scratch, 1),
+        Op.WRITE_REG: lambda: write_reg_payload(scratch, [rng.getrandbits(32)]),
+        Op.STATUS: lambda: b"",
+        Op.READ_MEM: lambda: read_mem_payload(act.space, rng.randrange(act.depth - 4), rng.randint(1, 4)),
+    }
+    for i in range(n_chunks):
+        while True:
+            chunk = boundary[i][0] if i < len(boundary) else garbage_chunk(rng, mp)
+            # pure garbage: a body that happens to pass the CRC and length checks is drawn again
+            if not any(isinstance(b, Frame) for b in Deframer(mp_body).feed(chunk + bytes((FLAG,)))):
+                break
+        op = rng.choice((Op.ECHO, Op.ECHO, Op.READ_REG, Op.WRITE_REG, Op.STATUS, Op.READ_MEM))
+        s.seq = peek_seq()
+        step = send(chunk + encode_frame(Frame(s.seq, op, good_payload[op]())))
+        last = expected[step][-1][0]                 # the generator's intent: the good request succeeds
+        assert (last.seq, last.op) == (s.seq, op | RESPONSE_BIT)
+        if i < len(boundary):
+            assert [w.payload[0] for w, _ in expected[step][:-1]] == boundary[i][1]
+        garbage_bytes += len(chunk)
+    garbage_codes = Counter(model.codes)
+
+    # -- phase 2: good CRC, random structure ----------------------------------------------------
+    holes = [a for a in range(max(model.regs) + 3) if a not in model.regs]
+    far = [0x200, 0x1000, 0x7FFF, 0xFFFE, 0xFFFF]
+    nonexistent = [sp for sp in range(256) if sp not in model.spaces]
+
+    def reg_addr(kinds) -> int:
+        kind = rng.choice(kinds)
+        if kind in ("rw", "ro", "wo"):
+            return rng.choice([r.addr for r in rm.registers if r.access == kind])
+        return rng.choice(holes) if kind == "hole" else rng.choice(far + [rng.randrange(0x10000)])
+
+    def space_addr():
+        """(space, address, word bytes): mostly readable spaces, also write-only and missing
+        ones; addresses inside, at the end of and beyond the space."""
+        k = rng.random()
+        sp = rng.choice(readable) if k < 0.6 else rng.choice(rm.spaces) if k < 0.75 else None
+        if sp is None:
+            return rng.choice(nonexistent), rng.randrange(0x10000), 4
+        k = rng.random()
+        addr = (rng.randrange(sp.depth) if k < 0.5 else max(0, sp.depth - rng.randint(0, 4)) if k < 0.85
+                else rng.choice((sp.depth + rng.randint(0, 3), rng.randrange(0x10000))))
+        return sp.space, addr, sp.word_bytes
+
+    def count(limit: int) -> int:
+        k = rng.random()
+        return (rng.randint(1, 4) if k < 0.6 else rng.randint(1, limit) if k < 0.75
+                else limit + rng.randint(1, 3) if k < 0.82 else 0 if k < 0.88 else rng.randrange(0x10000))
+
+    def fuzz_request() -> tuple[int, bytes, bool]:
+        """(op, payload, whether to re-send the last success's seq) of one fuzz request."""
+        op = rng.choices(list(Op)[:7] + [None], weights=(8, 17, 20, 17, 20, 5, 5, 4))[0]
+        if op is None:                                           # unknown, 0x7F and op | 0x80 among them
+            return rng.randrange(7, 256), noisy_bytes(rng, rng.randint(0, 8)), False
+        if op == Op.ECHO:
+            n = rng.choice((rng.randint(0, 12),) * 6 + (rng.randint(13, mp), mp + rng.randint(1, 4)))
+            return op, noisy_bytes(rng, n), False               # the last: OVERFLOW with a good CRC
+        if op == Op.STATUS:
+            return op, b"" if rng.random() < 0.8 else noisy_bytes(rng, rng.randint(1, 4)), False
+        if op == Op.READ_REG:
+            p = read_reg_payload(reg_addr(("rw", "rw", "ro", "ro", "wo", "hole", "far")), count(mp // 4))
+        elif op == Op.WRITE_REG:
+            n = rng.choice((1, 1, 1, 2, 3, 4, rng.randint(5, (mp - 2) // 4)))
+            p = write_reg_payload(reg_addr(("rw",) * 5 + ("ro", "wo", "hole", "hole", "far")),
+                                  [rng.getrandbits(32) for _ in range(n)])
+        elif op == Op.READ_MEM:
+            space, addr, wb = space_addr()
+            p = read_mem_payload(space, addr, count(max(1, mp // wb)))
+        elif op == Op.WRITE_MEM:
+            space, addr, wb = space_addr()
+            n = rng.choice((1, 1, 2, 3, 5, rng.randint(1, max(1, (mp - 3) // wb))))
+            p = struct.pack("<BH", space, addr) + noisy_bytes(rng, n * wb, 0.02)
+        else:
+            p = bytes([rng.randrange(len(RUN_UNITS), 256) if rng.random() < 0.6 else rng.randrange(len(RUN_UNITS))])
+        if rng.random() < 0.12:                                  # payload cut short or too long
+            cut = rng.choice((rng.randrange(3), rng.randrange(len(p))))
+            p = p[:cut] if rng.random() < 0.5 else p + noisy_bytes(rng, rng.randint(1, 3))
+        # retransmissions of the last success: acknowledged, not applied (most RUNs among them)
+        return op, p, op in MUTATING and rng.random() < (0.6 if op == Op.RUN else 0.08)
+
+    # payloads too short for their op's fixed fields first (the space byte of an empty WRITE_MEM
+    # would be the CRC's high byte), then random ones
+    for op, p in ((Op.WRITE_MEM, b""), (Op.WRITE_MEM, b"\x07"), (Op.WRITE_MEM, b"\x07\x00"),
+                  (Op.WRITE_MEM, b"\x00\x00"), (Op.READ_MEM, b""), (Op.READ_REG, b""), (Op.WRITE_REG, b""),
+                  (Op.RUN, b"")):
+        request(op, p)
+    n_fuzz = 260
+    for _ in range(n_fuzz):
+        while True:
+            if rng.random() < 0.03:                              # shorter than a header, good CRC
+                data = noisy_bytes(rng, rng.randint(0, 3))
+                wire, seq = bytes((FLAG,)) + stuff(data + crc16(data).to_bytes(2, "big")) + bytes((FLAG,)), None
+            else:
+                op, p, resend = fuzz_request()
+                seq = model.last_ok if resend and model.last_ok is not None else peek_seq()
+                length = None
+                if rng.random() < 0.06:                          # the length field disagrees
+                    length = rng.choice((len(p) + rng.choice((-3, -2, -1, 1, 2, 3)), rng.randrange(0x10000))) & 0xFFFF
+                    length = length if length != len(p) else len(p) + 1
+                wire = wire_body(seq, op, p, length)
+            if model.safe(wire):                                 # else draw another
+                break
+        if seq is not None and seq != model.last_ok:
+            s.seq = seq
+        send(wire)
+    fuzz_codes = model.codes - garbage_codes
+
+    # -- everything read back ---------------------------------------------------------------------
+    reads = {sp.name: [request(Op.READ_MEM, read_mem_payload(sp.space, a, min(mp // sp.word_bytes, sp.depth - a)))
+                       for a in range(0, sp.depth, mp // sp.word_bytes)] for sp in readable}
+    addrs = sorted(model.regs)                                   # in runs of consecutive addresses
+    firsts = [a for a in addrs if a - 1 not in model.regs]
+    reg_reads = {}
+    for a in firsts:
+        n = next(i for i in range(1, len(addrs) + 1) if a + i not in model.regs)
+        reg_reads[a] = request(Op.READ_REG, read_reg_payload(a, n))
+    counters = request(Op.READ_REG, read_reg_payload(rm["LINK_FRAMES"].addr, 3))
+    shadow_mem = {sp.name: list(model.mem[sp.space]) for sp in readable}
+    shadow_reg = dict(model.reg)
+
+    result = soc.run_job(s.job(), "fuzz")
+    ans = Script.answers(result)
+    assert len(ans) == len(expected)
+    wrong = []
+    for i, (got, want) in enumerate(zip(ans, expected)):
+        ok = len(got) == len(want) and all(
+            isinstance(g, Frame) and (g.seq, g.op, len(g.payload)) == (w.seq, w.op, len(w.payload))
+            and all(g.payload[4 * j:4 * j + 4] == w.payload[4 * j:4 * j + 4] for j in range((len(w.payload) + 3) // 4)
+                    if j not in skip)
+            for g, (w, skip) in zip(got, want))
+        if not ok:
+            wrong.append(f"step {i}: sent {s.steps[i]['send'][:240]}\n  want {[w for w, _ in want]}\n  got  {got}")
+    assert not wrong, f"{len(wrong)} of {len(expected)} steps answered wrongly:\n" + "\n".join(wrong[:6])
+
+    # said once more, plainly: the whole readback is the shadow, bit for bit
+    for sp in readable:
+        assert gather(ans, reads[sp.name], sp.word_bytes) == shadow_mem[sp.name], sp.name
+    for a, step in reg_reads.items():
+        for j, v in enumerate(u32s(ok_payload(ans, step, Op.READ_REG))):
+            if a + j in shadow_reg:
+                assert v == shadow_reg[a + j], model.regs[a + j].name
+    frames_ok, errors, dups = u32s(ok_payload(ans, counters, Op.READ_REG))
+    assert (frames_ok, errors, dups) == (model.frames_ok, model.errors, model.dups)
+    assert errors == sum(1 for a in ans for f in a if isinstance(f, Frame) and f.op == Op.ERROR)
+
+    # the fuzz reached what it was meant to
+    print(f"garbage: {n_chunks} chunks, {garbage_bytes} bytes, {sum(garbage_codes.values())} bodies "
+          f"{dict(garbage_codes)}; fuzz: {n_fuzz} frames {dict(fuzz_codes)}, {dups} retransmissions, "
+          f"{model.writes - fill_writes} writes; {len(expected)} steps, {sum(result['cycles'])} cycles, "
+          f"longest step {max(result['cycles'])}")
+    assert garbage_codes["BAD_CRC"] > 100 and garbage_codes["BAD_LENGTH"] > 50 and garbage_codes["OVERFLOW"] >= 2
+    assert all(fuzz_codes[c] >= 2 for c in ("BAD_LENGTH", "BAD_OPCODE", "BAD_ADDRESS", "OVERFLOW"))
+    assert dups >= 5 and model.writes - fill_writes > 30
 
 
 def test_vmm_engine_matches_golden(soc):
