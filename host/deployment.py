@@ -13,6 +13,7 @@ host. Identical VMM results give identical outputs, so golden and device agree b
 """
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -313,7 +314,8 @@ class Deployment:
             error = np.concatenate([p[2] for p in parts]).astype(np.float64)
             report.targets[layer.name] = np.concatenate([np.asarray(p[4], dtype=np.int64) for p in parts])
             report.errors[layer.name] = error
-            repaired = sum(f.repaired and not f.on_spare for f in report.faults if f.layer == layer.name)
+            n_faults = len(status) - int((status == WV_CONVERGED).sum())
+            repaired = n_faults - sum(not f.on_spare for f in report.unrepaired if f.layer == layer.name)
             report.layers.append(LayerProgramStats(
                 layer.name, len(status), int(pulses.sum()), int(pulses.max(initial=0)),
                 int((status == WV_CONVERGED).sum()), int((status == WV_FAILED).sum()), int((status == WV_STUCK).sum()),
@@ -326,9 +328,16 @@ class Deployment:
 
     def check_cells(self, backend: Backend | None = None, tol: int | None = None) -> list[CellFault]:
         """Verify-read every cell in use (default: on the backend last programmed) and return
-        those now out of tolerance of their target (status ``"drifted"``): retention loss,
-        read disturb, drift on a real array. :meth:`refresh` programs them again."""
+        those now off target (status ``"drifted"``): retention loss, read disturb, drift on a
+        real array. :meth:`refresh` programs them again.
+
+        One read per cell: the default ``tol`` is the programming tolerance plus three sigma
+        of the verify read noise (``device.read_noise_sigma`` of full scale), so that a cell
+        that is on target is not flagged for its noise."""
         be = self._programmed(backend)
+        if tol is None:
+            full = (1 << self.cfg.datapath.state_bits) - 1
+            tol = self._tol(None) + math.ceil(3 * self.cfg.device.read_noise_sigma * full)
         tol = self._tol(tol)
         out = []
         for t in self.placement.tiles_used:
@@ -419,17 +428,20 @@ class Deployment:
         """Move the lines of ``tile`` that hold faulty cells in use onto spares, programming
         each spare as it is taken (:mod:`cimstack.repair`)."""
         a, dp = self.cfg.array, self.cfg.datapath
-        bad = np.zeros((a.rows, dp.units, dp.cells_per_unit), dtype=bool)
+        # what a faulty cell costs: its error times its slice's significance, so that with
+        # too few spares the faults that bend the weights most go first
+        significance = np.tile(slice_weights(self.cfg), a.cols)[None, :, None].astype(np.float64)
+        damage = np.zeros((a.rows, dp.units, dp.cells_per_unit))
         for f in report.faults:
             if f.tile == tile:
-                bad[f.row, f.unit, f.cell] = True
+                damage[f.row, f.unit, f.cell] = max(abs(f.error), 1) * significance[0, f.unit, 0]
         written = self._used_cells(tile)                      # what the first pass programmed
         written_target = self.cell_targets(tile).copy()
         rows, cols = self.line_maps(tile)              # spare slots still in place are free
         free = {"row": [q for q in range(a.usable_rows, a.rows) if rows[q] == q],
                 "col": [q for q in range(a.usable_cols, a.cols) if cols[q] == q]}
         while True:
-            hits = self.used_lines(tile) & bad.reshape(a.rows, a.cols, -1).any(axis=2)
+            hits = np.where(self.used_lines(tile), damage.reshape(a.rows, a.cols, -1).sum(axis=2), 0.0)
             if not hits.any():
                 return
             choice = pick_line(hits, len(free["row"]), len(free["col"]))
@@ -443,19 +455,30 @@ class Deployment:
             self.row_map[tile], self.col_map[tile] = rows, cols
             self._targets.pop(tile, None)
             target, used = self.cell_targets(tile), self._used_cells(tile)
-            todo = used & (~written | (target != written_target))
+            # the spare's cells, and (with IR-drop correction, which retunes the whole tile)
+            # cells whose target moved by more than the tolerance
+            todo = used & (~written | (np.abs(target - written_target) > tol))
+            if self.ir_compensation:
+                # the correction takes unused cells as erased: erase the line just left
+                todo |= written & ~used & (written_target > tol)
             r, u, c = np.nonzero(todo)
             jobs = CellJobs(r, u, c, target[todo], np.full(len(r), tol))
             status, _, error = backend.write_verify(tile, jobs, *wv)
-            written |= todo
+            written |= todo & used
+            written &= used | (target > tol)                  # erased: counts as never written
             written_target[todo] = target[todo]
-            bad[todo] = status != WV_CONVERGED
-            new = _faults(tile, jobs, status, error, None)
+            damage[todo] = np.where(status != WV_CONVERGED, np.maximum(np.abs(error), 1), 0) * significance[0, u, 0]
+            new = [f for f in _faults(tile, jobs, status, error, None) if used[f.row, f.unit, f.cell]]
             for f in new:
-                f.layer, f.on_spare = self._owner(tile, f.row, f.unit), True
-            report.faults += new
-            faults = int(hits[phys].sum() if kind == "row" else hits[:, phys].sum())
-            report.repairs.append(LineRepair(tile, kind, line, phys, int(m[line]), faults, len(jobs), len(new)))
+                f.layer = self._owner(tile, f.row, f.unit)
+                f.on_spare = f.row >= a.usable_rows or f.unit // dp.slices >= a.usable_cols
+            in_use = used[r, u, c]                            # a cell written again for use: its latest outcome
+            again = set(zip(r[in_use].tolist(), u[in_use].tolist(), c[in_use].tolist()))
+            report.faults = [f for f in report.faults if f.tile != tile or (f.row, f.unit, f.cell) not in again] + new
+            faults = int((hits[phys] if kind == "row" else hits[:, phys]).astype(bool).sum())
+            on_spare = (r >= a.usable_rows) | (u // dp.slices >= a.usable_cols)
+            report.repairs.append(LineRepair(tile, kind, line, phys, int(m[line]), faults, int((on_spare & in_use).sum()),
+                                             sum(f.on_spare for f in new)))
 
     def _owner(self, tile: int, row: int, unit: int) -> str:
         """The layer whose block holds the physical position (row, unit) of a tile."""

@@ -16,8 +16,9 @@ contributes nothing), ``cols[j]`` the physical column read for placement column 
 arrays and the gateware are unchanged: the host routes inputs and outputs.
 
 Choosing lines is the redundancy-allocation problem of memory repair (NP-complete in
-general); the greedy rule, most faults first and the cheaper line on ties, is the usual
-heuristic and takes at most one spare per move.
+general); the greedy rule, the line with the most faults first (among equals the one whose
+faults cost most: error times the slice's significance), is the usual heuristic and takes
+one spare per move.
 """
 from __future__ import annotations
 
@@ -77,31 +78,33 @@ def identity_maps(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pick_line(hits: np.ndarray, free_rows: int, free_cols: int) -> tuple[str, int] | None:
-    """The physical line to move next: ``hits`` (rows, cols) marks faulty positions in use.
+    """The physical line to move next: ``hits`` (rows, cols) weighs each faulty position in
+    use (0 where there is none; the deployment uses error times slice significance).
 
-    The row or column with the most of them wins; on a tie the line with fewer positions (the
-    cheaper one to program). A row with more faults than there are free spare columns can
-    only be mended as a row (and the other way round), so such a line goes first."""
-    per_row, per_col = hits.sum(axis=1), hits.sum(axis=0)
-    must = []
-    if free_rows:
-        must += [(int(per_row[r]), 1, "row", int(r)) for r in np.nonzero(per_row > free_cols)[0]]
-    if free_cols:
-        must += [(int(per_col[c]), 1, "col", int(c)) for c in np.nonzero(per_col > free_rows)[0]]
+    A row with more faulty positions than there are free spare columns can only be mended as
+    a row (and the other way round), so such a line goes first. Otherwise the line with the
+    most faulty positions; among those the costliest (largest total weight); on a tie the
+    line with fewer positions (cheaper to program)."""
+    hits = np.asarray(hits, dtype=np.float64)
+    count = {"row": (hits > 0).sum(axis=1), "col": (hits > 0).sum(axis=0)}
+    weight = {"row": hits.sum(axis=1), "col": hits.sum(axis=0)}
+    free = {"row": free_rows, "col": free_cols}
+    other = {"row": "col", "col": "row"}
+    length = {"row": hits.shape[1], "col": hits.shape[0]}
+    must, options = [], []
+    for kind in ("row", "col"):
+        if not free[kind]:
+            continue
+        for i in np.nonzero(count[kind] > free[other[kind]])[0]:
+            must.append((int(count[kind][i]), float(weight[kind][i]), kind, int(i)))
+        if count[kind].max(initial=0):
+            best = max(range(len(count[kind])), key=lambda i: (count[kind][i], weight[kind][i]))
+            options.append((int(count[kind][best]), float(weight[kind][best]), -length[kind], kind, best))
     if must:
-        _, _, kind, line = max(must)
-        return kind, line
-    options = []
-    if free_rows and per_row.max(initial=0) > 0:
-        r = int(per_row.argmax())
-        options.append((int(per_row[r]), -hits.shape[1], "row", r))
-    if free_cols and per_col.max(initial=0) > 0:
-        c = int(per_col.argmax())
-        options.append((int(per_col[c]), -hits.shape[0], "col", c))
+        return max(must)[2:]
     if not options:
         return None
-    _, _, kind, line = max(options)
-    return kind, line
+    return max(options)[3:]
 
 
 def check_maps(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int, usable_rows: int,

@@ -147,7 +147,9 @@ def load_deployment(path: str | Path):
         a = cfg.array
         for t, maps in state.get("line_maps", {}).items():
             rows, cols = _decode(maps["rows"]), _decode(maps["cols"])
-            problem = None if 0 <= t < a.tiles else f"tile {t} is not on the chip"
+            problem = None if isinstance(t, int) and 0 <= t < a.tiles else f"tile {t!r} is not on the chip"
+            if not problem and not all(isinstance(m, np.ndarray) and m.dtype.kind in "iu" for m in (rows, cols)):
+                problem = "the line maps are not integer arrays"
             problem = problem or check_maps(rows, cols, a.rows, a.cols, a.usable_rows, a.usable_cols)
             if problem:
                 raise CompileError(f"{path}: damaged spare-line repairs of tile {t}: {problem}")

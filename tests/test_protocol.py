@@ -303,7 +303,7 @@ def test_the_link_never_returns_a_wrong_answer(answers, garbage, which, value):
 def test_a_well_formed_answer_of_the_wrong_shape_is_refused(how, problem):
     from cimstack.errors import LinkError
     from cimstack.link import Link
-    link = Link("loop://", timeout=0.005, retries=2)
+    link = Link("loop://", timeout=0.05, retries=2)
     link.port.close()
     link.port, link.synced = ScriptedDevice([how], b"", list(range(8))), True
     with pytest.raises(LinkError, match=problem):

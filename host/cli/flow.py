@@ -163,7 +163,8 @@ program_options = [
     click.option("--max-pulses", type=click.IntRange(1, 65535), default=100, show_default=True,
                  help="write-verify pulse budget per cell"),
     click.option("--tol", type=click.IntRange(0, 255), help="write-verify tolerance, state LSBs (default: half a code bin)"),
-    click.option("--strict", is_flag=True, help="fail (exit 1) when any cell ends out of tolerance"),
+    click.option("--strict", is_flag=True, help="fail (exit 1) when any cell ends out of tolerance and in use "
+                 "(spare lines, where the config has them, take faulty cells out of use first)"),
     click.option("--baud", type=int, help="serial rate of a board (default: the config's clock.uart_baud)"),
 ]
 

@@ -29,7 +29,7 @@ def _derived(cfg) -> dict:
     return {"config_hash": f"{dp.config_hash:08x}", "weight_slices": dp.slices, "cells_per_unit": dp.cells_per_unit,
             "column_units": dp.units, "mac_groups": dp.groups, "input_pulses": dp.mode().pulses,
             "state_bits": dp.state_bits, "accumulator_bits": dp.acc_bits,
-            "weights_per_chip": cfg.array.tiles * cfg.array.rows * cfg.array.cols}
+            "weights_per_chip": cfg.array.tiles * cfg.array.usable_rows * cfg.array.usable_cols}
 
 
 @config.command("list")

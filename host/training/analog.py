@@ -219,9 +219,9 @@ def _ir_drop(g: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
     r = cfg.device.wire_resistance_ohm
     n_in, n_out, slices = g.shape[1:]
     rows_out = []
-    for in0, rows in even_splits(n_in, cfg.array.rows):
+    for in0, rows in even_splits(n_in, cfg.array.usable_rows):
         cols_out = []
-        for out0, cols in even_splits(n_out, cfg.array.cols):
+        for out0, cols in even_splits(n_out, cfg.array.usable_cols):
             blk = g[:, in0:in0 + rows, out0:out0 + cols]                          # (2, rows, cols, slices)
             phys = blk.permute(1, 2, 3, 0).reshape(rows, cols * slices * 2)
             cols_out.append(fast_transfer(phys, r, r).reshape(rows, cols, slices, 2).permute(3, 0, 1, 2))
@@ -269,7 +269,7 @@ def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | floa
     out_f, slices = m.shape[1], dp.slices
     y = None
     sigma_out = cfg.device.output_noise_lsb * ni.noise_scale if ni.output_noise else 0.0
-    for in0, rows in even_splits(n_in, cfg.array.rows):
+    for in0, rows in even_splits(n_in, cfg.array.usable_rows):
         digits = devices.iv(dac.digits(xq[:, in0:in0 + rows]))                  # (P, B, rows)
         s = digits @ u[in0:in0 + rows].reshape(rows, out_f * slices)             # (P, B, out*slices)
         if sigma_out > 0:
