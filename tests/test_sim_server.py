@@ -203,95 +203,6 @@ def _parent(pid: int) -> int:
         return -1
 
 
-def test_fuzzed_link_never_corrupts_state(server):
-    """Hundreds of requests, a third of them damaged on the way (bit flips, cut short, garbage
-    in front, FLAG dropped): every good request is answered correctly, every damaged one is
-    refused or ignored, and only good writes change the chip."""
-    import socket
-
-    from cimstack.protocol import Deframer, ErrorCode, Frame, Op, encode_frame, write_mem_payload, write_reg_payload
-    from cimstack.regmap import register_map
-
-    cfg = server.cfg
-    rm = register_map(cfg)
-    rng = np.random.default_rng(99)
-    scratch = rm["SCRATCH"].addr
-    sock = socket.create_connection((server.host, server.port))
-    sock.settimeout(0.3)
-    deframer = Deframer()
-    shadow_scratch, shadow_act = None, {}
-
-    def answers_for(seq):
-        got = []
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                got += [f for f in deframer.feed(data) if isinstance(f, Frame)]
-                if any(f.seq == seq for f in got):
-                    break
-        except socket.timeout:
-            pass
-        return [f for f in got if f.seq == seq]
-
-    # begin with a read under a seq the loop does not use first, so the chip's remembered seq
-    # (from the tests before) cannot make the first write look like a retransmission
-    sock.sendall(encode_frame(Frame(0xFF, Op.ECHO, b"")))
-    answers_for(0xFF)
-    damaged_refused = damaged_silent = 0
-    for n in range(400):
-        seq = n & 0xFF
-        if rng.random() < 0.5:
-            value = int(rng.integers(1 << 32))
-            frame = Frame(seq, Op.WRITE_REG, write_reg_payload(scratch, [value]))
-            effect = ("scratch", value)
-        else:
-            addr = int(rng.integers(0, 64))
-            words = [int(w) for w in rng.integers(0, 1 << 32, int(rng.integers(1, 8)))]
-            frame = Frame(seq, Op.WRITE_MEM, write_mem_payload(0, addr, words, 4))
-            effect = ("act", addr, words)
-        wire = bytearray(encode_frame(frame))
-        kind = rng.choice(["good", "good", "flip", "cut", "garbage", "noflag"])
-        if kind == "flip":
-            i = int(rng.integers(1, len(wire) - 1))
-            wire[i] ^= 1 << int(rng.integers(8))
-        elif kind == "cut":
-            wire = wire[:int(rng.integers(2, len(wire) - 1))]
-        elif kind == "garbage":
-            wire = bytearray(rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8).tobytes()) + wire
-        elif kind == "noflag":
-            wire = wire[1:]               # the previous frame's tail or garbage runs into this one
-        sock.sendall(bytes(wire))
-        if kind in ("cut",):
-            sock.sendall(bytes([0x7E]))   # the host's resync after a timeout
-        got = answers_for(seq)
-        ok = [f for f in got if f.op == frame.op | 0x80]
-        if ok:
-            assert kind in ("good", "garbage", "noflag"), kind      # CRC-16 catches every single-bit flip
-            if effect[0] == "scratch":
-                shadow_scratch = effect[1]
-            else:
-                for i, w in enumerate(effect[2]):
-                    shadow_act[effect[1] + i] = w
-        elif kind in ("good", "garbage"):
-            raise AssertionError(f"request {n} ({kind}) got no good answer: {got}")
-        elif got:
-            assert got[0].op == Op.ERROR and got[0].payload[0] in (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH,
-                                                                   ErrorCode.BAD_ADDRESS, ErrorCode.BAD_OPCODE)
-            damaged_refused += 1
-        else:
-            damaged_silent += 1
-    sock.close()
-    assert damaged_refused > 30
-    with Link(server.url, timeout=2.0) as link:
-        dev = Device(link, cfg)
-        assert dev.read("SCRATCH") == shadow_scratch
-        act = dev.read_memory("ACT", 0, 72)
-        for addr, w in shadow_act.items():
-            assert act[addr] == w, f"ACT[{addr}]"
-
-
 # -- a compiled model on the simulated chip ---------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -345,7 +256,7 @@ def test_host_driven_write_verify_equals_the_on_chip_controller(server):
 
 # narrow variants of the reference models that fit the 2 x (32x16) test chip
 _SMALL = {"cnn": dict(channels=(4, 8)), "gru": dict(hidden=8), "lstm": dict(hidden=8), "resnet": dict(width=4)}
-_SAMPLES = {"cnn": 24, "gru": 48, "lstm": 48, "resnet": 8}
+_SAMPLES = {"cnn": 12, "gru": 24, "lstm": 24, "resnet": 4}
 
 
 @pytest.mark.parametrize("name", list(_SMALL))
