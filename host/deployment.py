@@ -430,11 +430,11 @@ class Deployment:
         a, dp = self.cfg.array, self.cfg.datapath
         # what a faulty cell costs: its error times its slice's significance, so that with
         # too few spares the faults that bend the weights most go first
-        significance = np.tile(slice_weights(self.cfg), a.cols)[None, :, None].astype(np.float64)
+        significance = np.tile(slice_weights(self.cfg), a.cols).astype(np.float64)      # per column unit
         damage = np.zeros((a.rows, dp.units, dp.cells_per_unit))
         for f in report.faults:
             if f.tile == tile:
-                damage[f.row, f.unit, f.cell] = max(abs(f.error), 1) * significance[0, f.unit, 0]
+                damage[f.row, f.unit, f.cell] = max(abs(f.error), 1) * significance[f.unit]
         written = self._used_cells(tile)                      # what the first pass programmed
         written_target = self.cell_targets(tile).copy()
         rows, cols = self.line_maps(tile)              # spare slots still in place are free
@@ -467,7 +467,7 @@ class Deployment:
             written |= todo & used
             written &= used | (target > tol)                  # erased: counts as never written
             written_target[todo] = target[todo]
-            damage[todo] = np.where(status != WV_CONVERGED, np.maximum(np.abs(error), 1), 0) * significance[0, u, 0]
+            damage[todo] = np.where(status != WV_CONVERGED, np.maximum(np.abs(error), 1), 0) * significance[u]
             new = [f for f in _faults(tile, jobs, status, error, None) if used[f.row, f.unit, f.cell]]
             for f in new:
                 f.layer = self._owner(tile, f.row, f.unit)
