@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 ## demo: train the digits MLP, compile and place it, program it with write-verify on the
 ## simulated SoC and run the test split there (accuracy against software, bit-exact check)
 demo: $(STAMP)
-	$(PY) -m cimstack.demo --preset $(PRESET)
+	$(PY) -m cimstack.cli.demo --preset $(PRESET)
 
 ## demo-tile: one random tile on the emulator, the golden model and the Verilated RTL
 demo-tile: $(STAMP)
-	$(PY) -m cimstack.demo_tile --preset $(PRESET)
+	$(PY) -m cimstack.cli.demo_tile --preset $(PRESET)
 
 ## test: the whole suite (unit, statistical and cocotb/Verilator benches)
 test: $(STAMP)

@@ -1,8 +1,8 @@
 """The host link under injected faults (issue 9's figure); writes build/bench/link_faults.json.
 
 Over the simulation server of a preset (default ``ice40-tiny``, the quickest to build), a
-random mix of register and activation-buffer reads and writes (:func:`cimstack.faults.soak`)
-runs through a :class:`~cimstack.faults.FaultyPort`, checked against a shadow copy. Rows:
+random mix of register and activation-buffer reads and writes (:func:`cimstack.link.faults.soak`)
+runs through a :class:`~cimstack.link.faults.FaultyPort`, checked against a shadow copy. Rows:
 
 - ``corrupt-1%``: 1 % of the bytes in both directions have a bit flipped (the issue's figure,
   at least 10^4 requests);
@@ -21,10 +21,10 @@ import json
 import platform
 from pathlib import Path
 
-from cimstack.config import load
-from cimstack.device import Device
-from cimstack.faults import Faults, soak
-from cimstack.link import Link
+from cimstack.chip.config import load
+from cimstack.link.client import Device
+from cimstack.link.faults import Faults, soak
+from cimstack.link.transport import Link
 from cimstack.sim.server import SimServer
 
 ROWS = {

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack.zoo import models
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
-from cimstack.config import load
+from cimstack.chip.config import load
 
 RTL_SAMPLES = {"mlp": 0, "cnn": 30, "gru": 60, "lstm": 60, "resnet": 8}     # 0: the whole test split
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack.zoo import models
 from cimstack.backends import GoldenBackend
 
 QUIET = dict(output_noise_lsb=0.0, read_noise_sigma=0.0)

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cimstack.config import ChipConfig, load, preset
-from cimstack.device import Device
-from cimstack.golden import GoldenSoC, WriteVerifyJob
-from cimstack.link import Link, LinkStats
-from cimstack.mapping import weights_to_codes
-from cimstack.protocol import Op, read_reg_payload, write_mem_payload, write_reg_payload
-from cimstack.regmap import WV_CONVERGED, register_map
+from cimstack.chip.config import ChipConfig, load, preset
+from cimstack.link.client import Device
+from cimstack.golden.soc import GoldenSoC
+from cimstack.golden.writeverify import WriteVerifyJob
+from cimstack.link.transport import Link, LinkStats
+from cimstack.chip.datapath import weights_to_codes
+from cimstack.chip.protocol import Op, read_reg_payload, write_mem_payload, write_reg_payload
+from cimstack.chip.regmap import WV_CONVERGED, register_map
 from cimstack.sim.script import Script
 from cimstack.sim.server import SimServer
 from cimstack.sim.verilator import build_soc
@@ -100,7 +101,7 @@ def harness_run(cfg: ChipConfig, rng, n_vmm: int, wv_rows: int | None) -> dict:
 def program_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng) -> dict:
     """A 2-layer network (tile 0 then tile 1) over a batch (up to 16, as the buffer allows)
     as one on-chip program."""
-    from cimstack.isa import assemble
+    from cimstack.chip.isa import assemble
     a = cfg.array
     batch = max(1, min(16, (cfg.soc.act_words - 3 * a.rows) // (a.rows + a.cols)))
     base_out = batch * a.rows

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend
 from cimstack.training import MixedPrecisionMLP, Nonidealities, convert, train_hwa
 
@@ -77,7 +77,7 @@ def bench_drift(preset: str, repeats: int) -> dict:
 
 def bench_mixed_precision(epochs: int) -> dict:
     cfg = cimstack.preset("default")
-    split = cimstack.datasets.digits("flat")
+    split = datasets.digits("flat")
     fp = MixedPrecisionMLP.float_baseline(split, epochs=epochs, lr=0.1)
     res = {"epochs": epochs, "lr": 0.1, "batch_size": 16, "sizes": [64, 32, 10], "fp": fp}
     for name, acc in (("chi", True), ("no_chi", False)):
@@ -106,7 +106,7 @@ def bench_conv(name: str, repeats: int) -> dict:
 def time_epoch(name: str, repeats: int) -> dict:
     """One HWA epoch (all non-idealities on, after one warm-up epoch), one thread."""
     cls, shape = models.MODELS[name]
-    split = cimstack.datasets.digits(shape)
+    split = datasets.digits(shape)
     torch.manual_seed(0)
     model = cls()
     convert(model, cimstack.preset("default"))

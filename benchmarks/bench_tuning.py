@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend
-from cimstack.config import preset
+from cimstack.chip.config import preset
 from cimstack.physics.irdrop import NodalSolver, compensate, fast_transfer
 from cimstack.tuning import Tuner
 

@@ -4,6 +4,6 @@ report (:mod:`.build`), and programming a board (:mod:`.flash`). See docs/boards
 
 ``cimstack bitstream`` / ``cimstack flash`` / ``cimstack boards`` (and ``make bitstream`` / ``make flash``) run them.
 """
-from .targets import BOARDS, Board, board
+from cimstack.boards.targets import BOARDS, Board, board
 
 __all__ = ["BOARDS", "Board", "board"]

@@ -18,7 +18,7 @@ class Board:
     family: str                    # "ice40" or "ecp5": picks the PLL and the YoWASP tools
     clock: str                     # oscillator resource
     clock_hz: float
-    preset: str                    # chip preset that fits this board (cimstack.config.PRESETS)
+    preset: str                    # chip preset that fits this board (cimstack.chip.config.PRESETS)
     leds: int                      # how many status LEDs to drive (top.LED_MEANINGS)
     reset_button: str | None       # resource name of an active button that resets the SoC
     bitstream_ext: str             # ".bin" (iCE40) or ".bit" (ECP5)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 
 
 class TinyCNN(nn.Module):

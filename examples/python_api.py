@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import cimstack
-from cimstack import models, plots
+from cimstack.zoo import models
+from cimstack.reports import plots
 from cimstack.backends import EmulatorBackend, GoldenBackend
-from cimstack.report import Report
+from cimstack.reports.page import Report
 
 
 def main() -> dict:

@@ -2,11 +2,11 @@
 (JSON, Markdown, C header). Output goes under build/."""
 from pathlib import Path
 
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 
-from .config_doc import config_markdown, update_config_doc
-from .registers import regmap_c_header, regmap_markdown, update_isa_doc, update_protocol_doc, write_regmap
-from .verilog import soc_verilog, tile_verilog, write_soc_verilog, write_tile_verilog
+from cimstack.gen.config_doc import config_markdown, update_config_doc
+from cimstack.gen.registers import regmap_c_header, regmap_markdown, update_isa_doc, update_protocol_doc, write_regmap
+from cimstack.gen.verilog import soc_verilog, tile_verilog, write_soc_verilog, write_tile_verilog
 
 __all__ = ["tile_verilog", "write_tile_verilog", "soc_verilog", "write_soc_verilog",
            "regmap_markdown", "regmap_c_header", "write_regmap", "update_protocol_doc", "update_isa_doc",
@@ -21,7 +21,7 @@ def write_all(cfg: ChipConfig, out_dir: str | Path = "build/gen") -> list[Path]:
 def update_docs(docs: str | Path = "docs") -> list[str]:
     """Refresh the generated parts of the docs: the default preset's register map in
     protocol.md, the instruction set in soc.md, and config.md. Returns the files changed."""
-    from cimstack.config import preset
+    from cimstack.chip.config import preset
     docs = Path(docs)
     steps = ((docs / "protocol.md", lambda d: update_protocol_doc(d, preset("default"))),
              (docs / "soc.md", update_isa_doc), (docs / "config.md", update_config_doc))

@@ -1,5 +1,5 @@
 """docs/config.md, the chip-config reference, generated from the dataclasses of
-:mod:`cimstack.config`: every field's default, the range its check allows and its meaning
+:mod:`cimstack.chip.config`: every field's default, the range its check allows and its meaning
 (each section's ``DOCS``), and the presets. ``cimstack gen --docs`` rewrites it; a test
 keeps it current."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cimstack.config import PRESETS, ChipConfig, allowed_values, preset
+from cimstack.chip.config import PRESETS, ChipConfig, allowed_values, preset
 
 __all__ = ["config_markdown", "update_config_doc"]
 

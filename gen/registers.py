@@ -1,12 +1,12 @@
-"""Register map artefacts from the one declaration in :mod:`cimstack.regmap`: JSON for tools,
+"""Register map artefacts from the one declaration in :mod:`cimstack.chip.regmap`: JSON for tools,
 Markdown for people (also spliced into docs/protocol.md), a C header for firmware/clients."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from cimstack.config import ChipConfig
-from cimstack.regmap import PROTOCOL_VERSION, RegisterMap, register_map
+from cimstack.chip.config import ChipConfig
+from cimstack.chip.regmap import PROTOCOL_VERSION, RegisterMap, register_map
 
 __all__ = ["regmap_markdown", "regmap_c_header", "write_regmap", "update_section", "update_protocol_doc",
            "update_isa_doc", "DOC_BEGIN", "DOC_END", "ISA_BEGIN", "ISA_END"]
@@ -110,5 +110,5 @@ ISA_END = "<!-- END GENERATED INSTRUCTION SET -->"
 
 def update_isa_doc(doc: str | Path) -> bool:
     """Refresh the instruction table in docs/soc.md."""
-    from cimstack.isa import isa_markdown
+    from cimstack.chip.isa import isa_markdown
     return update_section(doc, ISA_BEGIN, ISA_END, isa_markdown())

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 from cimstack.rtl import CimTile
 from cimstack.rtl.soc import CimSoC
 

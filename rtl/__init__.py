@@ -1,4 +1,4 @@
 """Amaranth 0.5 gateware of the CIM accelerator, elaborated from a ChipConfig."""
-from .tile import CimTile
+from cimstack.rtl.tile import CimTile
 
 __all__ = ["CimTile"]

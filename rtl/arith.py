@@ -5,7 +5,7 @@ __all__ = ["round_shift", "const_mul", "clamp"]
 
 
 def round_shift(v: Value, n: int) -> Value:
-    """Hardware twin of :func:`cimstack.prng.round_shift` (add half, arithmetic shift)."""
+    """Hardware twin of :func:`cimstack.chip.prng.round_shift` (add half, arithmetic shift)."""
     if n == 0:
         return v
     return (v + (1 << (n - 1))) >> n

@@ -1,7 +1,7 @@
 """The host bridge: framed request/response protocol over a byte stream (UART or the
 simulation server's socket), driving the register file and the memory bus.
 
-Specification: :mod:`cimstack.protocol` and ``docs/protocol.md``. A frame is received into a
+Specification: :mod:`cimstack.chip.protocol` and ``docs/protocol.md``. A frame is received into a
 buffer and checked completely (CRC, length, addresses, busy) before anything it carries is
 applied, so a corrupted or truncated frame never changes chip state.
 """
@@ -10,11 +10,11 @@ from amaranth import *
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack.config import ChipConfig
-from cimstack.protocol import CRC, CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, ErrorCode, Op
-from cimstack.regmap import RegisterMap
+from cimstack.chip.config import ChipConfig
+from cimstack.chip.protocol import CRC, CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, ErrorCode, Op
+from cimstack.chip.regmap import RegisterMap
 
-from .arith import const_mul
+from cimstack.rtl.arith import const_mul
 
 __all__ = ["HostBridge", "TxFramer", "MemoryBus", "RUN_UNITS"]
 

@@ -23,7 +23,7 @@ from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..topology import mesh_shape
+from cimstack.chip.topology import mesh_shape
 
 __all__ = ["FlitLayout", "KIND_ACT", "KIND_OUT", "KIND_ACC", "KIND_CFG", "mesh_shape", "Router", "Mesh",
            "TileInterface"]

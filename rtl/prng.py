@@ -1,7 +1,7 @@
-"""Hardware twin of :mod:`cimstack.prng`: xorshift32 generators and the Irwin-Hall Gaussian."""
+"""Hardware twin of :mod:`cimstack.chip.prng`: xorshift32 generators and the Irwin-Hall Gaussian."""
 from amaranth import *
 
-from cimstack import prng as ref
+from cimstack.chip import prng as ref
 
 __all__ = ["xorshift32_next", "irwin_hall", "reseed_value"]
 
@@ -21,6 +21,6 @@ def irwin_hall(x: Value) -> Value:
 
 def reseed_value(key: Value, index: int) -> Value:
     """Initial state of stream ``index`` for a run-time seed key (``SEED_KEY``, the host's
-    :func:`cimstack.prng.seed_key`; see :func:`cimstack.prng.seed_state`)."""
+    :func:`cimstack.chip.prng.seed_key`; see :func:`cimstack.chip.prng.seed_state`)."""
     s = key ^ ref.stream_key(index)
     return Mux(s == 0, ref.ZERO_SEED, s)

@@ -1,4 +1,4 @@
-"""The register decoder, generated from the one declaration in :mod:`cimstack.regmap`."""
+"""The register decoder, generated from the one declaration in :mod:`cimstack.chip.regmap`."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +8,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack.regmap import RegisterMap
+from cimstack.chip.regmap import RegisterMap
 
 __all__ = ["RegisterFile", "port_name"]
 

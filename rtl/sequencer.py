@@ -1,4 +1,4 @@
-"""The sequencer: runs layer programs (:mod:`cimstack.isa`) from instruction memory and is
+"""The sequencer: runs layer programs (:mod:`cimstack.chip.isa`) from instruction memory and is
 the activation buffer's node on the mesh (node 0).
 
 A VMM instruction sends each tile a CFG flit (where its outputs go), then the input vector as
@@ -11,11 +11,11 @@ from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack.config import ChipConfig
-from cimstack.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
+from cimstack.chip.config import ChipConfig
+from cimstack.chip.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
 
-from .noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
-from .arith import clamp
+from cimstack.rtl.noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
+from cimstack.rtl.arith import clamp
 
 __all__ = ["Sequencer"]
 

@@ -8,7 +8,7 @@ byte stream (the simulation server)::
     WriteVerifyController ── pulse ports of the tiles
 
 Host-visible behaviour is :class:`cimstack.golden.GoldenSoC` plus the register map of
-:mod:`cimstack.regmap` and the protocol of :mod:`cimstack.protocol`.
+:mod:`cimstack.chip.regmap` and the protocol of :mod:`cimstack.chip.protocol`.
 """
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from amaranth import *
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 from cimstack.errors import ConfigError
-from cimstack.regmap import register_map
+from cimstack.chip.regmap import register_map
 
-from .bridge import RUN_UNITS, HostBridge
-from .noc import Mesh, TileInterface
-from .regs import RegisterFile, port_name
-from .sequencer import Sequencer
-from .tile import CimTile, Layouts
-from .uart import UartRx, UartTx, uart_divisor
-from .writeverify import JobLayout, ResultLayout, WriteVerifyController
+from cimstack.rtl.bridge import RUN_UNITS, HostBridge
+from cimstack.rtl.noc import Mesh, TileInterface
+from cimstack.rtl.regs import RegisterFile, port_name
+from cimstack.rtl.sequencer import Sequencer
+from cimstack.rtl.tile import CimTile, Layouts
+from cimstack.rtl.uart import UartRx, UartTx, uart_divisor
+from cimstack.rtl.writeverify import JobLayout, ResultLayout, WriteVerifyController
 
 __all__ = ["CimSoC"]
 

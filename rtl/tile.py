@@ -1,7 +1,7 @@
 """One crossbar tile: DAC controller, crossbar macro, ADC controller, shift-accumulator and
 post-processing, plus the cell-update path that write-verify drives.
 
-Every block elaborates from a :class:`~cimstack.config.ChipConfig`; the arithmetic is exactly
+Every block elaborates from a :class:`~cimstack.chip.config.ChipConfig`; the arithmetic is exactly
 that of :class:`cimstack.golden.GoldenTile` (its docstring is the specification).
 
 Data path of one VMM (``x`` beats in, ``y`` beats out)::
@@ -15,13 +15,13 @@ from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack import prng as ref_prng
-from cimstack.config import NOISE_FRAC_BITS, ChipConfig
-from cimstack.bitfields import index_bits
-from cimstack.golden import memory_word_bits
+from cimstack.chip import prng as ref_prng
+from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.chip.bitfields import index_bits
+from cimstack.chip.datapath import memory_word_bits
 
-from .arith import clamp, const_mul, round_shift
-from .prng import irwin_hall, reseed_value, xorshift32_next
+from cimstack.rtl.arith import clamp, const_mul, round_shift
+from cimstack.rtl.prng import irwin_hall, reseed_value, xorshift32_next
 
 __all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftAccumulator",
            "PostProcessor", "Layouts"]
@@ -76,7 +76,7 @@ class DacController(wiring.Component):
     """Buffers one input vector and expands it into signed pulse digits, row by row.
 
     Beat order: group, then pulse, then row (the crossbar re-reads the inputs once per group).
-    ``mode`` (an :data:`~cimstack.config.INPUT_MODES` code) must hold for the whole VMM.
+    ``mode`` (an :data:`~cimstack.chip.config.INPUT_MODES` code) must hold for the whole VMM.
     """
 
     def __init__(self, cfg: ChipConfig):
@@ -514,8 +514,8 @@ class CimTile(wiring.Component):
     beat per row) to start a VMM, read ``y`` (one beat per column, column order), apply
     ``pulse`` requests between VMMs. ``adc_gain``, ``adc_offset``, ``relu`` are run-time
     registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed_key``
-    (:func:`cimstack.prng.seed_key` of the seed).
-    ``mode`` selects the VMM's input mode (an :data:`~cimstack.config.INPUT_MODES` code); it
+    (:func:`cimstack.chip.prng.seed_key` of the seed).
+    ``mode`` selects the VMM's input mode (an :data:`~cimstack.chip.config.INPUT_MODES` code); it
     is sampled with every input beat, and the value with the last row holds for the VMM.
     """
 

@@ -10,15 +10,15 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cimstack import prng as ref_prng
-from cimstack.config import NOISE_FRAC_BITS, ChipConfig
-from cimstack.golden import VERIFY_STREAM
-from cimstack.bitfields import contiguous
-from cimstack.regmap import WV_CONVERGED, WV_FAILED, WV_JOB_FIELDS, WV_RESULT_FIELDS, WV_STUCK
+from cimstack.chip import prng as ref_prng
+from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.chip.prng import VERIFY_STREAM
+from cimstack.chip.bitfields import contiguous
+from cimstack.chip.regmap import WV_CONVERGED, WV_FAILED, WV_JOB_FIELDS, WV_RESULT_FIELDS, WV_STUCK
 
-from .prng import irwin_hall, reseed_value, xorshift32_next
-from .arith import clamp, const_mul, round_shift
-from .tile import Layouts
+from cimstack.rtl.prng import irwin_hall, reseed_value, xorshift32_next
+from cimstack.rtl.arith import clamp, const_mul, round_shift
+from cimstack.rtl.tile import Layouts
 
 __all__ = ["WriteVerifyController", "JobLayout", "ResultLayout"]
 

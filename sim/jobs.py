@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimstack.golden import GoldenTile, Pulse
+from cimstack.golden.tile import GoldenTile, Pulse
 
 __all__ = ["make_job", "run_golden", "vmm_op", "pulse_op", "read_op"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from cimstack.protocol import Deframer, Frame, Op, encode_frame
+from cimstack.chip.protocol import Deframer, Frame, Op, encode_frame
 
 __all__ = ["Script", "ok_payload", "error_code", "u32s"]
 

@@ -16,10 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 from cimstack.errors import SimulationError
 
-from .verilator import verilator_env
+from cimstack.sim.verilator import verilator_env
 
 __all__ = ["build_server", "SimServer", "serve"]
 
@@ -120,7 +120,7 @@ def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1", pty: bool = F
           f"listening on {server.host}:{server.port}  ->  {server.url}", flush=True)
     bridge = None
     if pty:
-        from .pty import PtyBridge
+        from cimstack.sim.pty import PtyBridge
         bridge = PtyBridge(server.url)
         print(f"serial port (pseudo-terminal): {bridge.path}", flush=True)
     stop = {"now": False}

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 from cimstack.errors import SimulationError
 
 __all__ = ["verilator_env", "CocotbTop", "build_tile", "build_soc", "build_mesh", "build_cocotb_top"]
@@ -121,7 +121,7 @@ def build_mesh(nodes: int, build_root: str | Path = "build/sim") -> CocotbTop:
     from amaranth import Module, Signal, Value
     from amaranth.back import verilog
 
-    from cimstack.config import preset
+    from cimstack.chip.config import preset
     from cimstack.rtl.noc import Mesh
 
     build_dir = Path(build_root).resolve() / f"mesh-{nodes}"

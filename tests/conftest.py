@@ -2,8 +2,9 @@
 import numpy as np
 import torch
 
-from cimstack.config import ChipConfig, preset
-from cimstack.golden import STUCK_AT_0, STUCK_AT_MAX, GoldenTile
+from cimstack.chip.config import ChipConfig, preset
+from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX
+from cimstack.golden.tile import GoldenTile
 
 # One torch thread: the models here are tiny, and two threads fighting the Verilator builds
 # and simulation servers for two cores run 10-40x slower (and results depend on the count).

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import cimstack
-from cimstack import datasets
+from cimstack.zoo import datasets
 from cimstack.backends import GoldenBackend
-from cimstack.config import ChipConfig
+from cimstack.chip.config import ChipConfig
 from cimstack.errors import CompileError, ConfigError, InputRangeError, PlacementError
 
 CFG = cimstack.preset("default")

@@ -16,7 +16,7 @@ from cimstack.boards import BOARDS, board
 from cimstack.boards.build import BuildReport, _explain_failure, check_timing
 from cimstack.boards.clocking import ClockReset, ecp5_pll, ice40_pll
 from cimstack.boards.flash import find_board_usb, flash, flash_command
-from cimstack.config import preset
+from cimstack.chip.config import preset
 from cimstack.errors import BuildError, ConfigError, FlashError
 
 BIN = Path(sys.executable).parent

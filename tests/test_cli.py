@@ -15,7 +15,7 @@ import pytest
 from conftest import SOC_TEST_CONFIG, soc_test_config
 
 import cimstack
-from cimstack import datasets
+from cimstack.zoo import datasets
 from cimstack.cli import cli, main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """ChipConfig: presets, TOML round trip, validation errors that name the field and range."""
 import pytest
 
-from cimstack.config import PRESETS, ChipConfig, load, preset
+from cimstack.chip.config import PRESETS, ChipConfig, load, preset
 from cimstack.errors import ConfigError
 
 

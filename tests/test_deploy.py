@@ -5,12 +5,12 @@ import torch
 import torch.nn as nn
 
 import cimstack
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend, GoldenBackend, fabricate
 from cimstack.compiler import from_onnx
 from cimstack.errors import CompileError, ConfigError, InputRangeError, PlacementError, ProgrammingError
-from cimstack.mapper import even_splits, map_layer
-from cimstack.placer import place
+from cimstack.compiler.mapper import even_splits, map_layer
+from cimstack.compiler.placer import place
 from cimstack.compiler.ir import Node
 
 CFG = cimstack.preset("default")

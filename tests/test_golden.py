@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from cimstack import prng
-from cimstack.config import IRWIN_HALL_SIGMA, preset
+from cimstack.chip import prng
+from cimstack.chip.config import IRWIN_HALL_SIGMA, preset
 from cimstack.errors import InputRangeError
-from cimstack.golden import GoldenTile, Pulse, SET, RESET
-from cimstack.mapping import codes_to_weights, input_digits, pulse_weights, weights_to_codes
+from cimstack.golden.tile import GoldenTile, Pulse
+from cimstack.chip.enums import SET, RESET
+from cimstack.chip.datapath import codes_to_weights, input_digits, pulse_weights, weights_to_codes
 
 
 def offset_cfg():

@@ -1,4 +1,4 @@
-"""The host link under injected faults (cimstack.faults), against the simulated SoC: damaged,
+"""The host link under injected faults (cimstack.link.faults), against the simulated SoC: damaged,
 lost, duplicated, delayed and truncated traffic never yields a wrong result, a write is
 never applied twice, a silent device is reported within a bounded time, and the host carries
 on after reconnecting. The 10^4-frame figure is benchmarks/bench_link.py."""
@@ -7,10 +7,10 @@ import time
 import pytest
 from conftest import soc_test_config
 
-from cimstack.device import Device
+from cimstack.link.client import Device
 from cimstack.errors import ConfigError, LinkTimeout
-from cimstack.faults import Faults, soak
-from cimstack.link import Link
+from cimstack.link.faults import Faults, soak
+from cimstack.link.transport import Link
 from cimstack.sim.server import SimServer
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 
 # The contract: each reference network reaches this test accuracy with train_digits' defaults.
 ACCURACY_FLOORS = {"mlp": 0.95, "cnn": 0.93, "gru": 0.90, "lstm": 0.90, "resnet": 0.93}

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from cimstack import prng
-from cimstack.config import (IRWIN_HALL_SIGMA, NOISE_FRAC_BITS, AdcConfig, ArrayConfig, CellConfig,
-                             ChipConfig, DeviceConfig, InputConfig, MappingConfig, PostConfig, preset)
+from cimstack.chip import prng
+from cimstack.chip.config import (IRWIN_HALL_SIGMA, NOISE_FRAC_BITS, AdcConfig, ArrayConfig, CellConfig, ChipConfig,
+                                  DeviceConfig, InputConfig, MappingConfig, PostConfig, preset)
 from cimstack.errors import ConfigError, InputRangeError
-from cimstack.golden import RESET, SET, STUCK_AT_0, STUCK_AT_MAX, GoldenTile, Pulse
-from cimstack.mapping import codes_to_weights, input_digits, weights_to_codes
+from cimstack.chip.enums import RESET, SET, STUCK_AT_0, STUCK_AT_MAX
+from cimstack.golden.tile import GoldenTile, Pulse
+from cimstack.chip.datapath import codes_to_weights, input_digits, weights_to_codes
 from cimstack.physics import (Adc, Dac, DeviceModel, TileEmulator, codes_to_conductance,
-                              float_weights_to_conductances, ideal_column_currents, level_step_us,
-                              round_half_up, weights_to_conductances)
+                              float_weights_to_conductances, ideal_column_currents, level_step_us, round_half_up,
+                              weights_to_conductances)
 
 K = 5.0            # standard errors allowed per statistical comparison
 N = 100_000        # samples per statistical test

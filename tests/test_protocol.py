@@ -8,10 +8,10 @@ import pytest
 from cimstack import preset
 from cimstack.gen import regmap_c_header, regmap_markdown, update_protocol_doc
 from cimstack.gen.registers import DOC_BEGIN, DOC_END
-from cimstack.protocol import (ESC, FLAG, Deframer, ErrorCode, Frame, Op, crc16, encode_frame, split_words,
-                               stuff, write_mem_payload)
+from cimstack.chip.protocol import (ESC, FLAG, Deframer, ErrorCode, Frame, Op, crc16, encode_frame, split_words,
+                                    stuff, write_mem_payload)
 from cimstack.errors import InputRangeError
-from cimstack.regmap import ID_MAGIC, register_map
+from cimstack.chip.regmap import ID_MAGIC, register_map
 
 
 def test_crc_is_xmodem_and_body_checks_to_zero():
@@ -94,7 +94,7 @@ def test_protocol_doc_register_map_is_current(tmp_path):
 
 def test_instruction_set_roundtrip_and_checks():
     from cimstack.errors import InputRangeError
-    from cimstack.isa import OPCODES, assemble, disassemble
+    from cimstack.chip.isa import OPCODES, assemble, disassemble
     cfg = preset("default").replace(soc=dict(act_words=1024, instr_words=16))
     prog = [("COPY", dict(src=0, dst=500, n=64, src_iter=1)),
             ("VMM", dict(tile=1, count=2, src=500, dst=700, acc=1, split_rows=1)),
@@ -277,7 +277,7 @@ def test_the_link_never_returns_a_wrong_answer(answers, garbage, which, value):
     short or too long, errors), the link returns the right result or raises one of its own
     errors; a write the device applied is never applied twice."""
     from cimstack.errors import CimstackError
-    from cimstack.link import Link
+    from cimstack.link.transport import Link
     regs = [0x1111_0000 + i for i in range(8)]
     dev = ScriptedDevice(answers, garbage, regs)
     link = Link("loop://", timeout=0.005, retries=2)
@@ -302,7 +302,7 @@ def test_the_link_never_returns_a_wrong_answer(answers, garbage, which, value):
                                           ("long", "13 payload bytes"), ("wrong_op", "answered with opcode")])
 def test_a_well_formed_answer_of_the_wrong_shape_is_refused(how, problem):
     from cimstack.errors import LinkError
-    from cimstack.link import Link
+    from cimstack.link.transport import Link
     link = Link("loop://", timeout=0.05, retries=2)
     link.port.close()
     link.port, link.synced = ScriptedDevice([how], b"", list(range(8))), True

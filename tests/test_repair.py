@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import cimstack
-from cimstack import models
+from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend, fabricate
 from cimstack.errors import CompileError, ConfigError, ProgrammingError
-from cimstack.repair import check_maps, pick_line
-from cimstack.saved import load_deployment
+from cimstack.runtime.repair import check_maps, pick_line
+from cimstack.runtime.saved import load_deployment
 
 # noise-free reads, so that a repaired chip must match a fault-free one bit for bit
 QUIET = dict(output_noise_lsb=0.0, read_noise_sigma=0.0)
@@ -163,7 +163,7 @@ def test_cells_that_drift_out_of_tolerance_are_found_refreshed_and_repaired(mlp)
     """After programming, cells disturbed out of tolerance are found by a verify read of every
     cell in use and programmed again; one that broke (stuck) is moved onto a spare. The chip
     then computes exactly what it did before."""
-    from cimstack.golden import RESET, SET, STUCK_AT_MAX
+    from cimstack.chip.enums import RESET, SET, STUCK_AT_MAX
     cfg = faulty(0.0, **SPARES)
     dep = compiled(mlp, cfg)
     be = GoldenBackend(cfg)

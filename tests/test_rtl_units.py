@@ -115,8 +115,8 @@ def test_a_vmm_started_during_a_cell_update_waits_for_it():
     VMM's first rows reach the crossbar while a cell update is still under way; they must
     wait for it, or the update reads the VMM's row instead of its own word (and writes it
     back over the cell's), and the VMM reads a paused port."""
-    from cimstack.config import preset
-    from cimstack.golden import GoldenTile
+    from cimstack.chip.config import preset
+    from cimstack.golden.tile import GoldenTile
 
     cfg = preset("ice40-tiny").replace(array=dict(rows=2, cols=2, mac_lanes=2, adc_share=2))
     tile = GoldenTile(cfg)

@@ -1,4 +1,4 @@
-"""Saved deployments (cimstack.saved): models of every IR family round-trip bit for bit, tuned settings
+"""Saved deployments (cimstack.runtime.saved): models of every IR family round-trip bit for bit, tuned settings
 come back, damaged files are refused with their cause, and a writer killed half-way leaves
 the previous file whole."""
 import signal
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import cimstack
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 from cimstack.backends import GoldenBackend
 from cimstack.errors import CompileError, ConfigError, PlacementError
-from cimstack.saved import FORMAT, load_deployment
+from cimstack.runtime.saved import FORMAT, load_deployment
 
 
 def _compiled(name: str, cfg=None):
@@ -103,7 +103,8 @@ WRITER = textwrap.dedent("""
     import os, sys, time
     import torch
     import cimstack
-    from cimstack import datasets, files, models
+    from cimstack.zoo import datasets, models
+    from cimstack import files
 
     torch.manual_seed(1)
     dep = cimstack.compile(models.build("mlp", 48), cimstack.preset("default"),

@@ -17,16 +17,17 @@ import pytest
 import torch
 
 import cimstack
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
 
-from cimstack.device import Device
+from cimstack.link.client import Device
 from cimstack.errors import ConfigMismatchError, InputRangeError, LinkError
-from cimstack.golden import GoldenSoC, WriteVerifyJob
-from cimstack.isa import assemble
-from cimstack.link import Link
-from cimstack.mapping import weights_to_codes
-from cimstack.regmap import WV_CONVERGED
+from cimstack.golden.soc import GoldenSoC
+from cimstack.golden.writeverify import WriteVerifyJob
+from cimstack.chip.isa import assemble
+from cimstack.link.transport import Link
+from cimstack.chip.datapath import weights_to_codes
+from cimstack.chip.regmap import WV_CONVERGED
 from cimstack.sim.server import SimServer
 
 from conftest import soc_test_config

@@ -10,14 +10,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cimstack import prng
-from cimstack.config import preset
-from cimstack.golden import GoldenSoC, Pulse, WriteVerifyJob
-from cimstack.protocol import (CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, Deframer, ErrorCode,
-                               Frame, Op, crc16, encode_frame, read_mem_payload, read_reg_payload, split_words,
-                               stuff, write_mem_payload, write_reg_payload)
-from cimstack.isa import mode_name
-from cimstack.regmap import WV_CONVERGED, WV_STUCK, register_map
+from cimstack.chip import prng
+from cimstack.chip.config import preset
+from cimstack.golden.soc import GoldenSoC
+from cimstack.golden.tile import Pulse
+from cimstack.golden.writeverify import WriteVerifyJob
+from cimstack.chip.protocol import (CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, Deframer, ErrorCode,
+                                    Frame, Op, crc16, encode_frame, read_mem_payload, read_reg_payload, split_words,
+                                    stuff, write_mem_payload, write_reg_payload)
+from cimstack.chip.isa import mode_name
+from cimstack.chip.regmap import WV_CONVERGED, WV_STUCK, register_map
 from cimstack.rtl.bridge import RUN_UNITS
 from cimstack.sim.script import Script, error_code, ok_payload, u32s
 from cimstack.sim.verilator import build_soc
@@ -762,7 +764,7 @@ def sequencer_program(base: int = 0):
 
 
 def test_sequencer_program_matches_golden(soc):
-    from cimstack.isa import assemble
+    from cimstack.chip.isa import assemble
     cfg = soc.cfg
     rm = register_map(cfg)
     rng = np.random.default_rng(41)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cimstack.config import ChipConfig, preset
+from cimstack.chip.config import ChipConfig, preset
 from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
 

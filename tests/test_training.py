@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import cimstack
-from cimstack import datasets, models
+from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend, GoldenBackend
 from cimstack.errors import CompileError, ConfigError
 from cimstack.training import (AnalogConv2d, AnalogLinear, ChipInTheLoop, MixedPrecisionMLP, Nonidealities,

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import cimstack
-from cimstack import files, models
+from cimstack import files
+from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend
-from cimstack.config import preset
+from cimstack.chip.config import preset
 from cimstack.errors import ConfigError, InputRangeError
 from cimstack.physics import TileEmulator
 from cimstack.physics.irdrop import IrDrop, NodalSolver, compensate, fast_transfer

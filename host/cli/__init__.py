@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from ..errors import CimstackError
-from .common import EXIT_INTERRUPTED, Run, exit_code, setup_logging
+from cimstack.errors import CimstackError
+from cimstack.cli.common import EXIT_INTERRUPTED, Run, exit_code, setup_logging
 
 __all__ = ["cli", "main"]
 
@@ -50,7 +50,7 @@ def cli(ctx, verbose, quiet):
 
 
 def _register() -> None:
-    from . import flow, hardware
+    from cimstack.cli import flow, hardware
     for command in hardware.COMMANDS[:1] + flow.COMMANDS + hardware.COMMANDS[1:]:
         cli.add_command(command)
 

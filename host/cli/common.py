@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import (BuildError, CimstackError, ConfigMismatchError, DeviceError, FlashError, LinkError,
-                      ProgrammingError, SimulationError)
+from cimstack.errors import (BuildError, CimstackError, ConfigMismatchError, DeviceError, FlashError, LinkError,
+                             ProgrammingError, SimulationError)
 
 log = logging.getLogger("cimstack")
 
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_HARDWARE, EXIT_INTERRUPTED = 0,
 #: errors of the machine side (a link, a device, a tool) rather than of what the user gave
 HARDWARE_ERRORS = (LinkError, DeviceError, SimulationError, BuildError, FlashError, ConfigMismatchError)
 CALIBRATION_SAMPLES = 256
-SAVED_SUFFIX = ".dep"            # a saved deployment (cimstack.saved), accepted where a model is
+SAVED_SUFFIX = ".dep"            # a saved deployment (cimstack.runtime.saved), accepted where a model is
 
 
 class CheckFailed(CimstackError):
@@ -59,7 +59,7 @@ class Run:
     def emit(self, human: str, data: dict) -> None:
         """The command's result: ``data`` as JSON with --json, else the human text."""
         if self.json:
-            from ..report import json_default
+            from cimstack.reports.page import json_default
             click.echo(json.dumps(data, indent=1, default=json_default))
         elif human:
             click.echo(human)
@@ -137,7 +137,7 @@ class Prepared:
 
 
 def load_config(spec: str):
-    from ..config import load
+    from cimstack.chip.config import load
     return load(spec)
 
 
@@ -145,9 +145,9 @@ def prepare(model: Path, config: str, dataset: str | None, settings: Path | None
             trust_pickle: bool) -> Prepared:
     """Load the config, the model and its data, and compile (import, quantise, place)."""
     import cimstack
-    from ..checkpoint import load_model
-    from ..datasets import load as load_dataset
-    from ..errors import ConfigError
+    from cimstack.training.checkpoint import load_model
+    from cimstack.zoo.datasets import load as load_dataset
+    from cimstack.errors import ConfigError
     if model.suffix == SAVED_SUFFIX:
         return _prepare_saved(model, config, dataset, settings, strategy)
     cfg = load_config(config)
@@ -168,10 +168,10 @@ def _prepare_saved(path: Path, config: str, dataset: str | None, settings: Path 
     """A deployment ``program --save`` wrote: its own config, placement and settings."""
     from click.core import ParameterSource
 
-    from ..checkpoint import LoadedModel
-    from ..datasets import load as load_dataset
-    from ..errors import ConfigError
-    from ..saved import load_deployment
+    from cimstack.training.checkpoint import LoadedModel
+    from cimstack.zoo.datasets import load as load_dataset
+    from cimstack.errors import ConfigError
+    from cimstack.runtime.saved import load_deployment
     dep = load_deployment(path)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("config") != ParameterSource.DEFAULT and load_config(config) != dep.cfg:
@@ -213,8 +213,8 @@ def busy(run: Run, desc: str):
 @contextlib.contextmanager
 def open_backend(run: Run, spec: str, cfg, baudrate: int | None = None):
     """The backend named by ``spec``; ``sim`` starts (and at the end stops) the simulation server."""
-    from ..backends import DeviceBackend, EmulatorBackend, GoldenBackend
-    from ..errors import ConfigError
+    from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
+    from cimstack.errors import ConfigError
     if spec == "emulator":
         yield EmulatorBackend(cfg)
     elif spec == "golden":

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import (CALIBRATION_SAMPLES, SAVED_SUFFIX, CheckFailed, backend_option, config_option, current, json_option, log,
-                     model_options, open_backend, prepare, report_folder, report_option, write_report)
+from cimstack.cli.common import (CALIBRATION_SAMPLES, SAVED_SUFFIX, CheckFailed, backend_option, config_option,
+                                 current, json_option, log, model_options, open_backend, prepare, report_folder,
+                                 report_option, write_report)
 
 
 def _placement_data(dep) -> dict:
@@ -49,9 +50,9 @@ def train(arch, width, dataset, epochs, lr, seed, hwa, hwa_epochs, config, out):
     """Train a reference network on a data set and write a checkpoint the other commands take."""
     import torch
 
-    from .. import models
-    from ..checkpoint import save_model
-    from ..datasets import load as load_dataset
+    from cimstack.zoo import models
+    from cimstack.training.checkpoint import save_model
+    from cimstack.zoo.datasets import load as load_dataset
     run = current()
     cls_shape = models.MODELS[arch][1]
     dataset = dataset or f"digits-{cls_shape}"
@@ -68,8 +69,8 @@ def train(arch, width, dataset, epochs, lr, seed, hwa, hwa_epochs, config, out):
     result = {"model": arch, "dataset": dataset, "width": width, "seed": seed, "float": stats}
     cfg = None
     if hwa:
-        from ..training import train_hwa
-        from .common import load_config
+        from cimstack.training import train_hwa
+        from cimstack.cli.common import load_config
         cfg = load_config(config)
         run.say(f"hardware-aware fine-tune for {cfg.name} ...")
         result["hwa"] = train_hwa(model, split, cfg, epochs=hwa_epochs, seed=seed, progress=run.progress)
@@ -113,8 +114,8 @@ Examples:
 @json_option
 def place(model, config, dataset, settings, strategy, trust_pickle, report_dir):
     """Show where every weight block sits on the arrays: a table, ASCII maps and a PNG."""
-    from .. import plots
-    from ..report import Report
+    from cimstack.reports import plots
+    from cimstack.reports.page import Report
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep = prep.dep
@@ -152,7 +153,7 @@ def _program(run, dep, be, max_pulses, tol, strict):
 
 
 def _program_section(report, prog, cfg):
-    from .. import plots
+    from cimstack.reports import plots
     report.text("Write-verify", prog.table())
     report.figure("programming", plots.programming_histograms(prog, cfg),
                   "Conductance of every programmed cell (target and after write-verify) and the final error per layer.",
@@ -190,12 +191,12 @@ Examples:
 def program(model, config, dataset, settings, strategy, trust_pickle, backend, max_pulses, tol, strict, baud,
             save_path, report_dir):
     """Write-verify every placed cell and report pulses, failures and errors per layer."""
-    from ..report import Report
+    from cimstack.reports.page import Report
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     report = Report(report_folder(report_dir, "program", *prep.tag),
                     f"Programming {prep.loaded.name} on {prep.cfg.name}", f"backend {backend}")
-    from ..errors import ConfigError
+    from cimstack.errors import ConfigError
     if save_path is not None and save_path.suffix != SAVED_SUFFIX:
         raise ConfigError(f"--save {save_path}: a saved deployment's name ends in {SAVED_SUFFIX}")
     with open_backend(run, backend, prep.cfg, baud) as be:
@@ -225,7 +226,7 @@ Examples:
 def run_(model, config, dataset, settings, strategy, trust_pickle, backend, max_pulses, tol, strict, baud,
          input_path, out, no_program):
     """Run a batch of inputs through the programmed model on a backend."""
-    from ..errors import InputRangeError
+    from cimstack.errors import InputRangeError
     run = current()
     try:
         x = np.load(input_path, allow_pickle=False)
@@ -264,7 +265,7 @@ def _sweep(run, prep, x, y, chips: int) -> tuple[dict, dict]:
     import cimstack
     from tqdm import tqdm
 
-    from ..backends import EmulatorBackend
+    from cimstack.backends import EmulatorBackend
     cfg = prep.cfg
     noise = np.zeros((chips, len(SWEEP_NOISE)))
     drift = np.zeros((chips, len(SWEEP_TIMES)))
@@ -323,10 +324,10 @@ Examples:
 def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max_pulses, tol, strict, baud,
           samples, min_accuracy, sweep, chips, no_program, report_dir):
     """Program a backend and measure test accuracy against the floating-point and quantised model."""
-    from .. import plots
-    from ..errors import ConfigError
-    from ..models import accuracy
-    from ..report import Report
+    from cimstack.reports import plots
+    from cimstack.errors import ConfigError
+    from cimstack.zoo.models import accuracy
+    from cimstack.reports.page import Report
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep, split = prep.dep, prep.split
@@ -397,9 +398,9 @@ Examples:
 @json_option
 def tune(model, config, dataset, settings, strategy, trust_pickle, method, budget, layers, copies, out, report_dir):
     """Search each layer's ADC gain/offset, input mode, input range and weight copies on emulator chips."""
-    from .. import plots
-    from ..report import Report
-    from ..tuning import Tuner
+    from cimstack.reports import plots
+    from cimstack.reports.page import Report
+    from cimstack.tuning import Tuner
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     try:
@@ -421,7 +422,7 @@ def tune(model, config, dataset, settings, strategy, trust_pickle, method, budge
     run.emit(tr.table() + f"\nsettings: {out}", dict(tr.as_dict(), out=str(out), report=str(report.folder)))
     # each layer's copies were chosen for that layer alone: check that they fit together
     import cimstack
-    from ..errors import PlacementError
+    from cimstack.errors import PlacementError
     try:
         cimstack.compile(prep.loaded.model, prep.cfg, example=prep.split.x_train[:CALIBRATION_SAMPLES],
                          strategy=strategy, settings=tr.settings)

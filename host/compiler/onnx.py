@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import CompileError
-from .fx import _fold_batchnorm
-from .ir import Graph, Node
+from cimstack.errors import CompileError
+from cimstack.compiler.fx import _fold_batchnorm
+from cimstack.compiler.ir import Graph, Node
 
 __all__ = ["from_onnx"]
 

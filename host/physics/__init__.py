@@ -12,11 +12,12 @@ currents (µA), with the device statistics of the published models it cites, and
   gradients.
 * :mod:`.tile` — :class:`TileEmulator`, one tile, with the ``column_currents`` IR-drop hook.
 """
-from .converters import Adc, Dac, as_input_tensor, floor_ste, input_range, post_process, round_half_up, shift_add
-from .devices import (PCM_G_MAX_REF_US, PCM_PROG_COEFF, PCM_T_READ_S, DeviceModel, codes_to_conductance,
-                      conductance_to_codes, float_weights_to_conductances, level_step_us, seed_for,
-                      weights_to_conductances)
-from .tile import ColumnCurrents, TileEmulator, ideal_column_currents
+from cimstack.physics.converters import (Adc, Dac, as_input_tensor, floor_ste, input_range, post_process,
+                                         round_half_up, shift_add)
+from cimstack.physics.devices import (PCM_G_MAX_REF_US, PCM_PROG_COEFF, PCM_T_READ_S, DeviceModel,
+                                      codes_to_conductance, conductance_to_codes, float_weights_to_conductances,
+                                      level_step_us, seed_for, weights_to_conductances)
+from cimstack.physics.tile import ColumnCurrents, TileEmulator, ideal_column_currents
 
 __all__ = [
     "TileEmulator", "ColumnCurrents", "ideal_column_currents",

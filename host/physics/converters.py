@@ -1,7 +1,7 @@
 """DAC, ADC and digital back end of a tile, in torch, with straight-through gradients.
 
 These are the float counterparts of steps 1-4 of :mod:`cimstack.golden`: the word-line
-drivers (input digits per pulse, :func:`cimstack.mapping.input_digits` semantics), the column
+drivers (input digits per pulse, :func:`cimstack.chip.datapath.input_digits` semantics), the column
 ADC (gain as integration time, offset, round half up, saturation), the shift-accumulator and
 the post-processing unit. Every rounding step is round-half-up (``floor(v + 1/2)``), which
 is what the RTL's ``round_shift`` computes, so on integer-valued float64 data these functions
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import ChipConfig
-from ..errors import InputRangeError
-from ..mapping import check_adc_registers, pulse_weights, slice_weights
+from cimstack.chip.config import ChipConfig
+from cimstack.errors import InputRangeError
+from cimstack.chip.datapath import check_adc_registers, pulse_weights, slice_weights
 
 __all__ = ["round_half_up", "floor_ste", "input_range", "as_input_tensor", "Dac", "Adc",
            "shift_add", "post_process"]
@@ -83,7 +83,7 @@ class Dac:
     (all unsigned but the signed top digit) with pulse ``p`` weighing ``2**(p*dac_bits)``;
     unary mode sends ``2**(bits-1) - 1`` pulses of ``sign(x)``, pulse ``k`` active while
     ``|x| > k`` (OpenCIMTC's unary expansion, Yu et al. 2025). This is
-    :func:`cimstack.mapping.input_digits` in torch, vectorised over the batch.
+    :func:`cimstack.chip.datapath.input_digits` in torch, vectorised over the batch.
     """
 
     def __init__(self, cfg: ChipConfig):

@@ -2,7 +2,7 @@
 
 Conductances are in µS, voltages in V, currents in µA. Codes ``0..datapath.code_max`` map
 linearly onto ``[device.g_min_us, device.g_max_us]``; the integer weight-to-code mapping is
-:func:`cimstack.mapping.weights_to_codes` (differential pairs or offset reference column, bit
+:func:`cimstack.chip.datapath.weights_to_codes` (differential pairs or offset reference column, bit
 slicing), reused here, never duplicated.
 
 Two statistical models, chosen by ``device.model``:
@@ -30,10 +30,10 @@ import math
 import numpy as np
 import torch
 
-from ..config import ChipConfig
-from ..errors import InputRangeError
-from ..golden import RESET, SET, STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE
-from ..mapping import weights_to_codes
+from cimstack.chip.config import ChipConfig
+from cimstack.errors import InputRangeError
+from cimstack.chip.enums import RESET, SET, STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE
+from cimstack.chip.datapath import weights_to_codes
 
 __all__ = ["PCM_PROG_COEFF", "PCM_G_MAX_REF_US", "PCM_T_READ_S", "level_step_us",
            "codes_to_conductance", "conductance_to_codes", "weights_to_conductances",
@@ -69,7 +69,7 @@ def conductance_to_codes(g: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
 def weights_to_conductances(w, cfg: ChipConfig, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Target conductances (G+, G-) in µS, shape ``(rows, units)``, of integer weights.
 
-    A thin wrapper over :func:`cimstack.mapping.weights_to_codes` (so differential pairs,
+    A thin wrapper over :func:`cimstack.chip.datapath.weights_to_codes` (so differential pairs,
     the offset reference column and bit slicing are defined in one place); for the offset
     scheme G- is the reference column's target.
     """

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from ..errors import ConfigError, InputRangeError
+from cimstack.errors import ConfigError, InputRangeError
 
 __all__ = ["NodalSolver", "fast_transfer", "IrDrop", "Compensation", "compensate", "IR_MODELS"]
 

@@ -42,13 +42,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import ChipConfig
-from ..errors import ConfigError, InputRangeError
-from ..golden import STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE, GoldenTile
-from ..mapping import check_post_params, slice_weights, weights_to_codes
-from .converters import Adc, Dac, as_input_tensor, post_process, shift_add
-from .devices import DeviceModel, level_step_us, seed_for
-from .irdrop import IR_MODELS, IrDrop
+from cimstack.chip.config import ChipConfig
+from cimstack.errors import ConfigError, InputRangeError
+from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE
+from cimstack.golden.tile import GoldenTile
+from cimstack.chip.datapath import check_post_params, slice_weights, weights_to_codes
+from cimstack.physics.converters import Adc, Dac, as_input_tensor, post_process, shift_add
+from cimstack.physics.devices import DeviceModel, level_step_us, seed_for
+from cimstack.physics.irdrop import IR_MODELS, IrDrop
 
 __all__ = ["ColumnCurrents", "ideal_column_currents", "TileEmulator"]
 
@@ -157,7 +158,7 @@ class TileEmulator:
     # -- programming -----------------------------------------------------------------------
     def program_weights(self, w, *, prog_noise: bool = True, faults: bool = True, d2d: bool = True,
                         d2d_kind: str = "lognormal") -> None:
-        """Program integer weights (rows, cols) through :func:`cimstack.mapping.weights_to_codes`.
+        """Program integer weights (rows, cols) through :func:`cimstack.chip.datapath.weights_to_codes`.
 
         Non-idealities frozen at programming time, each switchable: programming noise
         (:meth:`DeviceModel.program`), stuck-at faults (:meth:`DeviceModel.sample_stuck`,

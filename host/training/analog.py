@@ -1,7 +1,7 @@
 """The chip's analog layer as a differentiable PyTorch function, for hardware-aware training.
 
 :func:`analog_matmul` computes ``x @ M`` the way a deployed layer computes it on the chip
-(:mod:`cimstack.mapper`, :class:`cimstack.physics.TileEmulator`), with every step that loses
+(:mod:`cimstack.compiler.mapper`, :class:`cimstack.physics.TileEmulator`), with every step that loses
 information drawn from the same config and the same device model:
 
 1. inputs quantised to the config's input bits over a (learned) input range, LSQ gradients
@@ -9,11 +9,11 @@ information drawn from the same config and the same device model:
 2. weights quantised to the signed weight codes with one scale per output column (the
    mapper's default), straight-through;
 3. each weight split into cells (differential pair or offset reference column, bit slices:
-   :func:`cimstack.mapping.weights_to_codes` semantics), and each cell's conductance drawn
+   :func:`cimstack.chip.datapath.weights_to_codes` semantics), and each cell's conductance drawn
    from :class:`cimstack.physics.DeviceModel`: the write-verify residual or open-loop
    programming noise, stuck-at faults, drift to a read time with per-device exponents,
    read noise at that time, optional global drift compensation;
-4. the rows cut into array-sized blocks (:func:`cimstack.mapper.even_splits`); per block, per
+4. the rows cut into array-sized blocks (:func:`cimstack.compiler.mapper.even_splits`); per block, per
    input pulse and per slice a column sum with the word-line I-V nonlinearity, Gaussian
    output noise of ``device.output_noise_lsb`` per conversion, then the ADC (rounding and
    saturation, straight-through inside the range, zero gradient when saturated);
@@ -34,14 +34,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ChipConfig
-from ..errors import ConfigError
-from ..golden import STUCK_AT_0, STUCK_AT_MAX
-from ..mapper import even_splits
-from ..mapping import pulse_weights, slice_weights
-from ..physics.converters import Adc, Dac, round_half_up
-from ..physics.devices import DeviceModel, level_step_us
-from ..physics.irdrop import fast_transfer
+from cimstack.chip.config import ChipConfig
+from cimstack.errors import ConfigError
+from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX
+from cimstack.compiler.mapper import even_splits
+from cimstack.chip.datapath import pulse_weights, slice_weights
+from cimstack.physics.converters import Adc, Dac, round_half_up
+from cimstack.physics.devices import DeviceModel, level_step_us
+from cimstack.physics.irdrop import fast_transfer
 
 __all__ = ["Nonidealities", "analog_matmul", "AnalogLayer", "AnalogLinear", "AnalogConv1d", "AnalogConv2d",
            "convert", "analog_layers", "set_nonidealities", "clip_weights", "PROGRAMMING"]
@@ -128,7 +128,7 @@ def _grad_scale(x: torch.Tensor, s: float) -> torch.Tensor:
 def _cells(w_int: torch.Tensor, cfg: ChipConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell codes (G+, G-) of integer weights, shape (..., slices), straight-through.
 
-    Forward values are :func:`cimstack.mapping.weights_to_codes`; backward, slice ``s`` of
+    Forward values are :func:`cimstack.chip.datapath.weights_to_codes`; backward, slice ``s`` of
     G+ takes ``1 / (slices * 2**(s*cell_bits))`` of the weight's gradient, so the slice
     recombination ``sum_s 2**(s*cb) (G+ - G-)`` has gradient one.
     """

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..backends import Backend
-from ..datasets import Split
-from ..deployment import Deployment, compile as compile_model
-from ..errors import CompileError, ConfigError
-from .analog import conv_as_matmul
+from cimstack.backends import Backend
+from cimstack.zoo.datasets import Split
+from cimstack.runtime.deployment import Deployment, compile as compile_model
+from cimstack.errors import CompileError, ConfigError
+from cimstack.training.analog import conv_as_matmul
 
 __all__ = ["ChipInTheLoop"]
 

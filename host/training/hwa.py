@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 from torch import nn
 
-from ..config import ChipConfig
-from ..datasets import Split
-from ..errors import ConfigError
-from ..models import train
-from .analog import Nonidealities, analog_layers, clip_weights, convert, set_nonidealities
+from cimstack.chip.config import ChipConfig
+from cimstack.zoo.datasets import Split
+from cimstack.errors import ConfigError
+from cimstack.zoo.models import train
+from cimstack.training.analog import Nonidealities, analog_layers, clip_weights, convert, set_nonidealities
 
 __all__ = ["SCHEDULES", "stage_plan", "train_hwa", "noise_finetune"]
 

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..backends import Backend, CellJobs
-from ..datasets import Split
-from ..errors import ConfigError
-from ..golden import SET
-from ..mapping import pulse_weights, slice_weights
-from ..physics.devices import DeviceModel
+from cimstack.backends import Backend, CellJobs
+from cimstack.zoo.datasets import Split
+from cimstack.errors import ConfigError
+from cimstack.chip.enums import SET
+from cimstack.chip.datapath import pulse_weights, slice_weights
+from cimstack.physics.devices import DeviceModel
 
 __all__ = ["MixedPrecisionMLP", "MixedPrecisionStats"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from cimstack.errors import ConfigError
 
 __all__ = ["SearchResult", "genetic", "coordinate", "SEARCHERS"]
 

@@ -14,7 +14,7 @@ minimising a figure of merit on a calibration batch:
 
 NMSE is the layer output's error against the floating-point layer on the same (floating-point)
 inputs, ``sum (y_chip - y_fp)^2 / sum y_fp^2``; cells and cycles (array cycles per sample,
-:func:`cimstack.placer.vmm_cycles`) are taken relative to one copy in the config's own input
+:func:`cimstack.compiler.placer.vmm_cycles`) are taken relative to one copy in the config's own input
 mode. With the default weights a second copy must cut the error by 16 % and unary pulses
 (3.5x the cycles of 2-bit amplitude pulses on the OpenCIMTC chip) by 12 % to be chosen.
 
@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backends import Backend, EmulatorBackend
-from ..compiler.ir import float_vmm
-from ..errors import ConfigError, PlacementError
-from ..mapper import MappedLayer, with_copies
-from ..placer import place, vmm_cycles
-from .search import SEARCHERS
-from .settings import LayerSetting, Settings
+from cimstack.backends import Backend, EmulatorBackend
+from cimstack.compiler.ir import float_vmm
+from cimstack.errors import ConfigError, PlacementError
+from cimstack.compiler.mapper import MappedLayer, with_copies
+from cimstack.compiler.placer import place, vmm_cycles
+from cimstack.tuning.search import SEARCHERS
+from cimstack.runtime.settings import LayerSetting, Settings
 
 __all__ = ["Tuner", "LayerScore", "LayerReport", "TuningReport", "gain_grid", "SCALES"]
 
@@ -192,7 +192,7 @@ class Tuner:
     # -- stage 1: emulator in the loop -----------------------------------------------------------
     def _scratch(self, layer: MappedLayer, copies: int):
         """``layer`` alone with ``copies`` copies, placed and programmed on a fresh chip."""
-        from ..deployment import Deployment
+        from cimstack.runtime.deployment import Deployment
         alone = with_copies(layer, self.cfg, copies)
         placement = place([alone], self.cfg, "layer_per_array")
         dep = Deployment(self.cfg, self.dep.graph, [alone], placement, self.dep.seed, self.dep.input_shape,

@@ -24,7 +24,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
 
-from cimstack.protocol import FLAG
+from cimstack.chip.protocol import FLAG
 
 
 class Link:

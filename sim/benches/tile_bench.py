@@ -26,8 +26,8 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from amaranth.hdl import Shape
 
-from cimstack import prng
-from cimstack.config import ChipConfig
+from cimstack.chip import prng
+from cimstack.chip.config import ChipConfig
 from cimstack.rtl.tile import Layouts
 
 

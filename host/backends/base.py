@@ -1,0 +1,154 @@
+"""The interface every backend implements, and what they share.
+
+A backend holds the state of every tile. :meth:`Backend.erase` puts tiles into their
+as-fabricated state: every cell at conductance state 0 (fully RESET) with the stuck-at
+faults of this chip instance (:func:`fabricate`, drawn from the config's stuck-at rates
+and the seed, the same for every backend), and restarts the noise generators.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cimstack.chip.config import ChipConfig
+from cimstack.errors import ConfigError, InputRangeError
+from cimstack.golden.writeverify import WriteVerifyJob
+from cimstack.physics.devices import DeviceModel, seed_for
+
+__all__ = ["Backend", "CellJobs", "fabricate", "adc_tie_bias"]
+
+_STREAM_FAB, _STREAM_VERIFY = 3, 4
+_CHUNK = 4096          # VMM rows per call of a model (bounds the memory of the per-pulse sums)
+
+
+def fabricate(cfg: ChipConfig, seed: int, tile: int) -> np.ndarray:
+    """The stuck-at map (golden encoding) of one tile of the chip instance ``seed``."""
+    dp = cfg.datapath
+    gen = torch.Generator().manual_seed(seed_for(seed, tile, _STREAM_FAB))
+    shape = (cfg.array.rows, dp.units, dp.cells_per_unit)
+    return DeviceModel(cfg).sample_stuck(shape, gen).numpy()
+
+
+def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:
+    """Mean error, in ADC LSBs, of one conversion of an integer column sum.
+
+    The ADC rounds ``sum * gain / 2**gain_shift`` half up. With integer sums the fractional
+    part takes ``m = 2**gain_shift / gcd(gain, 2**gain_shift)`` values; when they are equally
+    likely, rounding half up is off by ``+1/(2m)`` on average (ties always go up), and 0
+    when ``m == 1``. Summed over every pulse and slice of a VMM this is a per-column offset
+    worth correcting: 1084 output LSBs on the default chip (gain 1/2, 8 pulses, 2 slices).
+    """
+    full = 1 << cfg.adc.gain_shift
+    m = full // math.gcd(int(gain), full)
+    return 0.0 if m == 1 else 1.0 / (2 * m)
+
+
+class CellJobs:
+    """Cells to program on one tile: parallel int64 arrays ``row``, ``unit``, ``cell``,
+    ``target`` (state LSBs) and ``tol``."""
+
+    def __init__(self, row, unit, cell, target, tol):
+        self.row, self.unit, self.cell, self.target, self.tol = (np.asarray(v, dtype=np.int64).ravel()
+                                                                 for v in (row, unit, cell, target, tol))
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def jobs(self, cfg: ChipConfig) -> list[WriteVerifyJob]:
+        lanes = cfg.array.mac_lanes
+        return [WriteVerifyJob(int(r), int(u) // lanes, int(u) % lanes, int(c), int(t), int(tol))
+                for r, u, c, t, tol in zip(self.row, self.unit, self.cell, self.target, self.tol)]
+
+
+class Backend:
+    """What a deployment needs of a chip: erase, tile registers, write-verify and VMMs."""
+
+    name = "backend"
+
+    def __init__(self, cfg: ChipConfig):
+        if not isinstance(cfg, ChipConfig):
+            raise ConfigError(f"a backend needs a ChipConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+
+    def erase(self, tiles, seed: int) -> None:
+        """Tiles to their as-fabricated state; every noise generator restarted from ``seed``."""
+        raise NotImplementedError
+
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
+        """ADC registers of a tile; post-processing bias 0, scale ``post_scale`` on every
+        column, no ReLU."""
+        raise NotImplementedError
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        """Only the ADC gain (integration time) and offset registers of a tile: what the
+        runtime rewrites between layers that share a tile but were tuned differently."""
+        raise NotImplementedError
+
+    def write_verify(self, tile: int, jobs: CellJobs, max_pulses: int, amp_start: int, amp_step: int,
+                     amp_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Program cells; per cell (status, pulses, final error in state LSBs)."""
+        raise NotImplementedError
+
+    def reseed_noise(self, seed: int) -> None:
+        """Restart the read-noise generators from ``seed`` (cell states are kept), so that
+        runs compared against each other see the same noise draws."""
+        raise NotImplementedError
+
+    def vmm(self, tile: int, x: np.ndarray, mode: str | None = None) -> torch.Tensor:
+        """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
+        raise NotImplementedError
+
+    def pulse(self, tile: int, row, unit, cell, polarity, amplitude=1) -> np.ndarray:
+        """One programming pulse on each of a set of distinct cells (parallel int arrays,
+        broadcast); returns their states after it (state LSBs). For training on the chip."""
+        raise NotImplementedError
+
+    def read_cells(self, tile: int, row, unit, cell) -> np.ndarray:
+        """Verify reads of a set of cells (state LSBs, with the verify read noise)."""
+        raise NotImplementedError
+
+    def rounding_bias(self, adc_gain: int) -> float:
+        """Mean ADC rounding error per conversion (ADC LSBs) that the runtime subtracts:
+        the integer datapath's tie bias (:func:`adc_tie_bias`)."""
+        return adc_tie_bias(self.cfg, adc_gain)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_tile(self, tile: int) -> None:
+        if not 0 <= tile < self.cfg.array.tiles:
+            raise InputRangeError(f"tile {tile} outside 0..{self.cfg.array.tiles - 1}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg.name})"
+
+
+def _cell_args(cfg: ChipConfig, *args) -> list[np.ndarray]:
+    """Cell index (and pulse) arguments broadcast to flat int64 arrays, indices checked."""
+    try:
+        arrs = [a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in args))]
+    except ValueError as exc:
+        raise InputRangeError(f"cell arguments do not broadcast: {exc}") from None
+    dp = cfg.datapath
+    for name, a, hi in (("row", arrs[0], cfg.array.rows), ("unit", arrs[1], dp.units), ("cell", arrs[2], dp.cells_per_unit)):
+        if a.size and (a.min() < 0 or a.max() >= hi):
+            raise InputRangeError(f"cell {name} indices must lie in 0..{hi - 1}")
+    return arrs
+
+
+def _neutral_post(cfg: ChipConfig, post_scale: int) -> tuple[np.ndarray, np.ndarray]:
+    cols = cfg.array.cols
+    return np.zeros(cols, dtype=np.int64), np.full(cols, int(post_scale), dtype=np.int64)
+
+
+def _results(results) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([r.status for r in results], dtype=np.int64), np.array([r.pulses for r in results], dtype=np.int64),
+            np.array([r.error for r in results], dtype=np.int64))

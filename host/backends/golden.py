@@ -1,0 +1,66 @@
+"""The golden backend: the bit-exact NumPy model of the SoC (:class:`cimstack.golden.GoldenSoC`)."""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from cimstack.backends.base import Backend, _cell_args, _neutral_post, _results, fabricate, _CHUNK
+from cimstack.chip.config import ChipConfig
+from cimstack.golden.soc import GoldenSoC
+from cimstack.golden.tile import Pulse
+from cimstack.chip.datapath import check_adc_registers
+
+__all__ = ['GoldenBackend']
+
+
+class GoldenBackend(Backend):
+    """The bit-exact integer model."""
+
+    name = "golden"
+
+    def __init__(self, cfg: ChipConfig):
+        super().__init__(cfg)
+        self.soc = GoldenSoC(cfg)
+
+    def erase(self, tiles, seed: int) -> None:
+        for t in tiles:
+            self._check_tile(t)
+            g = self.soc.tiles[t]
+            g.set_state(np.zeros_like(g.state), fabricate(self.cfg, seed, t))
+        self.soc.reseed(seed)
+
+    def reseed_noise(self, seed: int) -> None:
+        self.soc.reseed(seed)
+
+    def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
+        self.set_adc(tile, adc_gain, adc_offset)
+        g = self.soc.tiles[tile]
+        g.relu = False
+        g.set_post(*_neutral_post(self.cfg, post_scale))
+
+    def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
+        self._check_tile(tile)
+        g = self.soc.tiles[tile]
+        g.adc_gain, g.adc_offset = check_adc_registers(self.cfg, adc_gain, adc_offset)
+
+    def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
+        return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))
+
+    def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
+        self._check_tile(tile)
+        g = self.soc.tiles[tile]
+        return np.array([g.pulse(Pulse(*map(int, a))) for a in zip(*_cell_args(self.cfg, row, unit, cell, polarity, amplitude))],
+                        dtype=np.int64)
+
+    def read_cells(self, tile, row, unit, cell):
+        self._check_tile(tile)
+        return np.array([self.soc.read_cell(tile, *map(int, a)) for a in zip(*_cell_args(self.cfg, row, unit, cell))],
+                        dtype=np.int64)
+
+    def vmm(self, tile, x, mode=None):
+        self._check_tile(tile)
+        x = np.asarray(x, dtype=np.int64)
+        out = [self.soc.tiles[tile].vmm(x[i:i + _CHUNK], mode) for i in range(0, len(x), _CHUNK)]
+        return torch.as_tensor(np.concatenate(out) if out else np.zeros((0, self.cfg.array.cols), np.int64),
+                               dtype=torch.float64)

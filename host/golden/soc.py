@@ -1,0 +1,126 @@
+"""Golden model of the SoC around the tiles: activation buffer, sequencer, write-verify
+controller and single-cell access, bit for bit what :mod:`cimstack.rtl.soc` does."""
+from __future__ import annotations
+
+import numpy as np
+
+from cimstack.chip import prng
+from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.chip.prng import VERIFY_STREAM
+from cimstack.golden.tile import GoldenTile, Pulse
+from cimstack.errors import InputRangeError
+from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check_write_verify, ispp
+
+__all__ = ["GoldenSoC"]
+
+
+def _wrap32(v):
+    return ((np.asarray(v, dtype=np.int64) + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
+
+
+class GoldenSoC:
+    """Bit-exact model of the SoC around the tiles: activation buffer, sequencer (VMMs and programs),
+    write-verify controller and single-cell access (the register semantics of
+    :mod:`cimstack.chip.regmap`)."""
+
+    def __init__(self, cfg: ChipConfig):
+        self.cfg = cfg
+        self.tiles = [GoldenTile(cfg, t) for t in range(cfg.array.tiles)]
+        self.act = np.zeros(cfg.soc.act_words, dtype=np.int64)
+        self.reseed(cfg.seed)
+
+    def reseed(self, seed: int) -> None:
+        for t in self.tiles:
+            t.reseed(seed)
+        self.verify_rng = np.array([prng.seed_state(seed, VERIFY_STREAM)], dtype=np.uint32)
+
+    def vmm(self, tile: int, src: int, dst: int, accumulate: bool = False, mode: str | None = None) -> np.ndarray:
+        """A single VMM (RUN unit 0): inputs act[src:src+rows] clamped to the input range of
+        ``mode`` (default: the config's), outputs to act[dst:dst+cols] (stored, or added with
+        32-bit wrap-around)."""
+        cfg = self.cfg
+        rows, cols, n = cfg.array.rows, cfg.array.cols, len(self.act)
+        if not (0 <= tile < len(self.tiles) and 0 <= src <= n - rows and 0 <= dst <= n - cols):
+            raise InputRangeError(f"VMM tile {tile}, src {src}, dst {dst} outside the chip")
+        self.vmm_tiles(tile, 1, src, dst, accumulate, mode=mode)
+        return self.act[dst:dst + cols].copy()
+
+    def vmm_tiles(self, tile: int, count: int, src: int, dst: int, acc: bool = False,
+                  split_rows: bool = False, split_cols: bool = False, mode: str | None = None) -> None:
+        """The sequencer's VMM: tiles tile..tile+count-1, inputs read (all of them) before
+        outputs are stored or accumulated (see :mod:`cimstack.chip.isa`)."""
+        cfg = self.cfg
+        rows, cols = cfg.array.rows, cfg.array.cols
+        md = cfg.datapath.mode(mode)
+        xs = [np.clip(self.act[src + k * rows * split_rows:][:rows], md.in_min, md.in_max) for k in range(count)]
+        for k, x in enumerate(xs):
+            y = self.tiles[tile + k].vmm(x, md.name)
+            d = dst + k * cols * split_cols
+            new = self.act[d:d + cols] + y if acc else y
+            self.act[d:d + cols] = _wrap32(new)
+
+    def run_program(self, words: list[int], iters: int = 1, in_stride: int = 0, out_stride: int = 0,
+                    pc: int = 0, max_steps: int = 1_000_000) -> int:
+        """Interpret a sequencer program (instruction words); returns the instructions executed."""
+        from cimstack.chip.isa import decode, mode_name
+        it, steps = 0, 0
+        while steps < max_steps:
+            ins = decode(words[pc])
+            g, steps = ins.args, steps + 1
+            if ins.op == "HALT":
+                return steps
+            if ins.op == "VMM":
+                self.vmm_tiles(g["tile"], g["count"], g["src"], g["dst"], bool(g["acc"]),
+                               bool(g["split_rows"]), bool(g["split_cols"]), mode_name(g["mode"]))
+            elif ins.op == "POST":
+                for i in range(g["n"]):
+                    v = prng.round_shift(int(self.act[g["src"] + i]) * g["mul"], g["shift"])
+                    if g["relu"]:
+                        v = max(v, 0)
+                    self.act[g["dst"] + i] = min(max(v, -(1 << 31)), (1 << 31) - 1)
+            elif ins.op == "COPY":
+                s = g["src"] + it * in_stride * g["src_iter"]
+                d = g["dst"] + it * out_stride * g["dst_iter"]
+                if max(s, d) + g["n"] > len(self.act):
+                    raise InputRangeError(f"COPY at instruction {pc}, iteration {it}: words {s}/{d} + {g['n']} "
+                                          f"outside the {len(self.act)}-word buffer")
+                for i in range(g["n"]):
+                    self.act[d + i] = self.act[s + i]
+            elif ins.op == "FILL":
+                self.act[g["dst"]:g["dst"] + g["n"]] = g["value"]
+            elif ins.op == "LOOP":
+                it += 1
+                if it < iters:
+                    pc = g["target"]
+                    continue
+            pc += 1
+        raise InputRangeError(f"program ran {max_steps} instructions without HALT")
+
+    def read_cell(self, tile: int, row: int, unit: int, cell: int) -> int:
+        """A verify read: the effective state plus read noise from the verify generator."""
+        state = self.tiles[tile].read_cell(row, unit, cell)
+        self.verify_rng = prng.xorshift32(self.verify_rng)
+        z = int(prng.gauss_from_state(self.verify_rng)[0])
+        return state + prng.round_shift(z * self.cfg.datapath.verify_noise_q, NOISE_FRAC_BITS)
+
+    def write_verify(self, tile: int, jobs: list[WriteVerifyJob], max_pulses: int,
+                     amp_start: int, amp_step: int, amp_max: int) -> list[WriteVerifyResult]:
+        """Program each job's cell by incremental-step pulses (ISPP) with verify reads.
+
+        Per cell: read; while |read - target| > tol and the budget lasts, pulse towards the
+        target (SET below it, RESET above), the amplitude restarting at ``amp_start`` when the
+        polarity changes and growing by ``amp_step`` (up to ``amp_max``) while it repeats, and
+        read again. A cell out of budget is *stuck* if its last read is within ``tol`` of its
+        first, else *failed*.
+        """
+        check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
+        lanes, g = self.cfg.array.mac_lanes, self.tiles[tile]
+
+        def read(j: WriteVerifyJob) -> int:
+            return self.read_cell(tile, j.row, j.group * lanes + j.lane, j.cell)
+
+        def pulse(j: WriteVerifyJob, polarity: int, amplitude: int) -> None:
+            g.pulse(Pulse(j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude))
+
+        return ispp(jobs, read, pulse, max_pulses, amp_start, amp_step, amp_max)
+

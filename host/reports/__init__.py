@@ -1,0 +1,1 @@
+"""What a person reads: HTML report pages (:mod:`.page`) and the figures in them (:mod:`.plots`)."""

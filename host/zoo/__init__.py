@@ -1,0 +1,1 @@
+"""Reference networks and the data sets they train on (offline: nothing is downloaded)."""
