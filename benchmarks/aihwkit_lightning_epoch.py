@@ -63,8 +63,7 @@ def parse_args(argv=None):
 
 
 def build_rpu_config(args):
-    from aihwkit_lightning.simulator.configs import (
-        TorchInferenceRPUConfig, WeightClipType, WeightNoiseInjectionType)
+    from aihwkit_lightning.simulator.configs import TorchInferenceRPUConfig, WeightClipType, WeightNoiseInjectionType
 
     cfg = TorchInferenceRPUConfig()
     # DAC: 8-bit signed inputs, full scale = learned input range (IR)
@@ -235,14 +234,15 @@ def main(argv=None):
             pass
         out["threads"] = torch.get_num_threads()
         import contextlib
+
         import aihwkit_lightning
         out["aihwkit_lightning_version"] = aihwkit_lightning.__version__
         # the library prints "Could not import triton_utils..." on stdout at import time:
         # keep stdout pure JSON
         with contextlib.redirect_stdout(sys.stderr):
-            import aihwkit_lightning.nn  # noqa: F401
-            import aihwkit_lightning.nn.conversion  # noqa: F401
-            import aihwkit_lightning.optim  # noqa: F401
+            import aihwkit_lightning.nn
+            import aihwkit_lightning.nn.conversion
+            import aihwkit_lightning.optim
         from aihwkit_lightning.nn.modules import linear as _lin
         out["triton_path"] = bool(getattr(_lin, "TRITON_AVAIL", False))
         out["kernel_path"] = "triton" if out["triton_path"] else "pytorch (TorchLinear)"

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack.zoo import models
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
 from cimstack.chip.config import load
+from cimstack.zoo import models
 
 RTL_SAMPLES = {"mlp": 0, "cnn": 30, "gru": 60, "lstm": 60, "resnet": 8}     # 0: the whole test split
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack.zoo import models
 from cimstack.backends import GoldenBackend
+from cimstack.zoo import models
 
 QUIET = dict(output_noise_lsb=0.0, read_noise_sigma=0.0)
 

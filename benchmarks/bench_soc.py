@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from cimstack.chip.config import ChipConfig, load, preset
-from cimstack.link.client import Device
+from cimstack.chip.datapath import weights_to_codes
+from cimstack.chip.enums import WriteVerifyStatus
+from cimstack.chip.protocol import Op, read_reg_payload, write_mem_payload, write_reg_payload
+from cimstack.chip.regmap import register_map
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.writeverify import WriteVerifyJob
+from cimstack.link.client import Device
 from cimstack.link.transport import Link, LinkStats
-from cimstack.chip.datapath import weights_to_codes
-from cimstack.chip.protocol import Op, read_reg_payload, write_mem_payload, write_reg_payload
-from cimstack.chip.regmap import WV_CONVERGED, register_map
 from cimstack.sim.script import Script
 from cimstack.sim.server import SimServer
 from cimstack.sim.verilator import build_soc
@@ -150,7 +151,7 @@ def write_verify_run(cfg: ChipConfig, dev: Device, model: GoldenSoC, rng, rows: 
     expected = model.write_verify(0, jobs, 100, 1, 1, cfg.device.pulse_max_amplitude)
     pulses = np.array([r.pulses for r in results])
     return {"cells": len(jobs), "bit_exact_vs_golden": results == expected,
-            "converged_fraction": float(np.mean([r.status == WV_CONVERGED for r in results])),
+            "converged_fraction": float(np.mean([r.status == WriteVerifyStatus.CONVERGED for r in results])),
             "pulses_per_cell_mean": float(pulses.mean()), "pulses_per_cell_median": float(np.median(pulses)),
             "pulses_per_cell_p95": float(np.percentile(pulses, 95)), "pulses_per_cell_max": int(pulses.max()),
             "cycles": cycles, "cycles_per_cell": cycles / len(jobs), "wall_s": wall,

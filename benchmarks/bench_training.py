@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend
 from cimstack.training import MixedPrecisionMLP, Nonidealities, convert, train_hwa
+from cimstack.zoo import datasets, models
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIFT = {"0 s": 0.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15576e7}

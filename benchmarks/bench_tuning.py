@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 import cimstack
-from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend
 from cimstack.chip.config import preset
 from cimstack.physics.irdrop import NodalSolver, compensate, fast_transfer
 from cimstack.tuning import Tuner
+from cimstack.zoo import models
 
 R_WIRE = 1.0
 G_MIN, G_MAX = 0.1, 10.0

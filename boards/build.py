@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cimstack.boards.targets import Board
+from cimstack.boards.targets import board as get_board
+from cimstack.boards.top import BoardTop
 from cimstack.chip.config import ChipConfig, load
 from cimstack.errors import BuildError
-
-from cimstack.boards.targets import Board, board as get_board
 
 __all__ = ["BuildReport", "build_bitstream", "check_timing", "resources", "tool_env", "RESOURCE_CELLS"]
 
@@ -151,7 +152,6 @@ def build_bitstream(board_name: str, cfg: ChipConfig | str | None = None, out_ro
         cfg = brd.preset
     if not isinstance(cfg, ChipConfig):
         cfg = load(cfg)
-    from cimstack.boards.top import BoardTop
 
     top = BoardTop(brd, cfg)           # checks the PLL can make the config's clock
     env = {**os.environ, **tool_env()}

@@ -14,10 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from cimstack.boards.targets import Board
+from cimstack.boards.targets import board as get_board
 from cimstack.chip.config import load
 from cimstack.errors import FlashError
-
-from cimstack.boards.targets import Board, board as get_board
 
 __all__ = ["flash_command", "find_board_usb", "flash", "LOADERS"]
 

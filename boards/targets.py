@@ -3,6 +3,7 @@ amaranth-boards platform, oscillator, LEDs, reset button, the chip preset that f
 how to flash it.
 """
 
+import importlib
 from dataclasses import dataclass
 
 from cimstack.errors import ConfigError
@@ -28,8 +29,6 @@ class Board:
     def platform_class(self):
         """The amaranth-boards platform class; openFPGALoader is not a build requirement here
         (flashing goes through :mod:`cimstack.boards.flash`)."""
-        import importlib
-
         try:
             module_name, cls_name = self.platform.split(":")
             base = getattr(importlib.import_module(f"amaranth_boards.{module_name}"), cls_name)

@@ -13,10 +13,9 @@ LEDs, in order (a board lights as many as it has):
 from amaranth import *
 from amaranth.lib import io
 
+from cimstack.boards.clocking import ClockReset
 from cimstack.chip.config import ChipConfig
 from cimstack.rtl.soc import CimSoC
-
-from cimstack.boards.clocking import ClockReset
 
 __all__ = ["BoardTop", "LED_MEANINGS"]
 

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import cimstack
-from cimstack.zoo import models
-from cimstack.reports import plots
 from cimstack.backends import EmulatorBackend, GoldenBackend
+from cimstack.reports import plots
 from cimstack.reports.page import Report
+from cimstack.zoo import models
 
 
 def main() -> dict:

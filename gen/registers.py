@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.isa import isa_markdown
 from cimstack.chip.regmap import PROTOCOL_VERSION, RegisterMap, register_map
 
 __all__ = ["regmap_markdown", "regmap_c_header", "write_regmap", "update_section", "update_protocol_doc",
@@ -110,5 +111,4 @@ ISA_END = "<!-- END GENERATED INSTRUCTION SET -->"
 
 def update_isa_doc(doc: str | Path) -> bool:
     """Refresh the instruction table in docs/soc.md."""
-    from cimstack.chip.isa import isa_markdown
     return update_section(doc, ISA_BEGIN, ISA_END, isa_markdown())

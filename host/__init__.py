@@ -6,7 +6,7 @@ differentiable float model of the devices, ``cimstack.rtl`` the Amaranth gatewar
 ``cimstack.compile`` turns a model into a :class:`Deployment` that runs on any backend
 (``cimstack.backends``).
 """
-from cimstack.chip.config import ChipConfig, load, preset, PRESETS
+from cimstack.chip.config import PRESETS, ChipConfig, load, preset
 from cimstack.errors import CimstackError, CompileError, ConfigError, InputRangeError, PlacementError, SimulationError
 
 

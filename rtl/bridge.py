@@ -11,14 +11,12 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.enums import RunUnit
 from cimstack.chip.protocol import CRC, CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, ErrorCode, Op
 from cimstack.chip.regmap import RegisterMap
-
 from cimstack.rtl.arith import const_mul
 
-__all__ = ["HostBridge", "TxFramer", "MemoryBus", "RUN_UNITS"]
-
-RUN_UNITS = ("vmm", "wv", "seq")        # RUN's unit byte indexes this tuple
+__all__ = ["HostBridge", "TxFramer", "MemoryBus"]
 
 
 def MemoryBus(word_bits: int) -> wiring.Signature:
@@ -101,8 +99,9 @@ class HostBridge(wiring.Component):
     holds unprocessed bytes or a frame, or is still sending.
 
     ``regs`` is the register file's bus, ``mem`` the memory bus, ``run`` one strobe per
-    :data:`RUN_UNITS` entry, ``busy`` the same units' busy flags (memory access and RUN are
-    refused with BUSY while any unit runs). ``status`` and ``cycles`` feed the STATUS reply.
+    :class:`~cimstack.chip.enums.RunUnit` (bit ``RunUnit.VMM`` and so on), ``busy`` the same
+    units' busy flags (memory access and RUN are refused with BUSY while any unit runs).
+    ``status`` and ``cycles`` feed the STATUS reply.
     """
 
     def __init__(self, cfg: ChipConfig, regmap: RegisterMap):
@@ -116,8 +115,8 @@ class HostBridge(wiring.Component):
                 "addr": Out(16), "w_data": Out(32), "w_en": Out(1),
                 "r_data": In(32), "hit": In(1), "writable": In(1)})),
             "mem": Out(MemoryBus(self.word_bits)),
-            "run": Out(len(RUN_UNITS)),
-            "busy": In(len(RUN_UNITS)),
+            "run": Out(len(RunUnit)),
+            "busy": In(len(RunUnit)),
             "status": In(32),
             "cycles": In(32),
             "active": Out(1),
@@ -221,6 +220,7 @@ class HostBridge(wiring.Component):
 
         resp_len = Signal(16)
         any_busy = self.busy.any()
+        unit_bits = max(1, (len(RunUnit) - 1).bit_length())      # RUN's unit byte, once checked in range
 
         # the seq of the last request answered with success: a write or RUN that arrives again
         # with it is a retransmission (docs/protocol.md, "Retries") and is not applied twice
@@ -322,12 +322,12 @@ class HostBridge(wiring.Component):
                         with m.Case(Op.RUN):
                             with m.If(plen != 1):
                                 fail(ErrorCode.BAD_LENGTH)
-                            with m.Elif(arg_space >= len(RUN_UNITS)):
+                            with m.Elif(arg_space >= len(RunUnit)):
                                 fail(ErrorCode.BAD_ADDRESS)
-                            with m.Elif(self.busy.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1)):
+                            with m.Elif(self.busy.bit_select(arg_space[:unit_bits], 1)):
                                 fail(ErrorCode.BUSY)
                             with m.Else():
-                                m.d.comb += self.run.bit_select(arg_space[:max(1, (len(RUN_UNITS) - 1).bit_length())], 1).eq(1)
+                                m.d.comb += self.run.bit_select(arg_space[:unit_bits], 1).eq(1)
                                 respond(C(0, 16), K_NONE)
                         with m.Default():
                             fail(ErrorCode.BAD_OPCODE)

@@ -1,8 +1,9 @@
 """On-chip network: a 2D mesh of routers with XY dimension-order routing and tree multicast.
 
 Packets are single flits: a destination *bit mask* over the nodes (so one flit can go to
-several tiles), a kind, a 16-bit index and a 32-bit value. Node 0 is the activation buffer
-(the sequencer), node ``1 + t`` is tile ``t``; node ``n`` sits at ``(n % width, n // width)``.
+several tiles), a kind (:class:`~cimstack.chip.enums.FlitKind`), a 16-bit index and a 32-bit
+value. Node 0 is the activation buffer (the sequencer), node ``1 + t`` is tile ``t``; node
+``n`` sits at ``(n % width, n // width)``.
 
 Routing: a router forwards a flit to every output that leads to one of its destinations —
 east/west until the destination's column, then north/south, then local — with the flit's mask
@@ -23,17 +24,20 @@ from amaranth import *
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from cimstack.chip.enums import FlitKind, InputEncoding
 from cimstack.chip.topology import mesh_shape
 
-__all__ = ["FlitLayout", "KIND_ACT", "KIND_OUT", "KIND_ACC", "KIND_CFG", "mesh_shape", "Router", "Mesh",
-           "TileInterface"]
+__all__ = ["FlitLayout", "CfgValue", "mesh_shape", "Router", "Mesh", "TileInterface"]
 
-KIND_ACT, KIND_OUT, KIND_ACC, KIND_CFG = range(4)
 DIRS = ("local", "north", "east", "south", "west")
 
 
 def FlitLayout(nodes: int) -> data.StructLayout:
-    return data.StructLayout({"dest": nodes, "kind": 2, "index": 16, "value": 32})
+    return data.StructLayout({"dest": nodes, "kind": FlitKind, "index": 16, "value": 32})
+
+
+#: the value of a CFG flit (its index is where the tile's first output goes)
+CfgValue = data.StructLayout({"accumulate": 1, "mode": InputEncoding})
 
 
 def route_masks(node: int, nodes: int, width: int) -> dict[str, int]:
@@ -74,7 +78,7 @@ class Router(wiring.Component):
         dirs = self.dirs
         n = len(dirs)
         heads, reqs, served, pops = [], [], [], []
-        for i, d in enumerate(dirs):
+        for d in dirs:
             q = fifo.SyncFIFOBuffered(width=Shape.cast(FlitLayout(self.nodes)).width, depth=self.depth)
             m.submodules[f"q_{d}"] = q
             inp = getattr(self, f"i_{d}")
@@ -167,7 +171,7 @@ class Mesh(wiring.Component):
 
 class TileInterface(wiring.Component):
     """A tile's network interface: CFG flits set where its outputs go (index = base + column,
-    value bit 0 = accumulate) and the input mode (value bits 1..2), ACT flits feed its ``x``
+    value :data:`CfgValue`: accumulate or store) and the input mode, ACT flits feed its ``x``
     stream in arrival order, each ``y`` beat leaves as an OUT or ACC flit to the buffer (node 0)."""
 
     def __init__(self, nodes: int, input_bits: int, out_bits: int, col_bits: int):
@@ -177,7 +181,7 @@ class TileInterface(wiring.Component):
             "eject": In(stream.Signature(layout)),
             "inject": Out(stream.Signature(layout)),
             "x": Out(stream.Signature(signed(input_bits))),
-            "mode": Out(2),
+            "mode": Out(InputEncoding),
             "y": In(stream.Signature(data.StructLayout({"value": signed(out_bits), "col": col_bits}))),
         })
 
@@ -186,15 +190,16 @@ class TileInterface(wiring.Component):
         base = Signal(16)
         acc = Signal()
         f = self.eject.payload
-        is_act = f.kind == KIND_ACT
+        cfg = data.View(CfgValue, f.value[:CfgValue.size])
+        is_act = f.kind == FlitKind.ACT
         m.d.comb += [self.x.payload.eq(f.value[:self.input_bits]),
                      self.x.valid.eq(self.eject.valid & is_act),
                      self.eject.ready.eq(Mux(is_act, self.x.ready, 1))]
-        with m.If(self.eject.valid & (f.kind == KIND_CFG)):
-            m.d.sync += [base.eq(f.index), acc.eq(f.value[0]), self.mode.eq(f.value[1:3])]
+        with m.If(self.eject.valid & (f.kind == FlitKind.CFG)):
+            m.d.sync += [base.eq(f.index), acc.eq(cfg.accumulate), self.mode.eq(cfg.mode)]
         m.d.comb += [self.inject.valid.eq(self.y.valid), self.y.ready.eq(self.inject.ready),
                      self.inject.payload.dest.eq(1),
-                     self.inject.payload.kind.eq(Mux(acc, KIND_ACC, KIND_OUT)),
+                     self.inject.payload.kind.eq(Mux(acc, FlitKind.ACC, FlitKind.OUT)),
                      self.inject.payload.index.eq(base + self.y.payload.col),
                      self.inject.payload.value.eq(self.y.payload.value)]
         return m

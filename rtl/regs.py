@@ -1,20 +1,39 @@
-"""The register decoder, generated from the one declaration in :mod:`cimstack.chip.regmap`."""
+"""The register decoder, generated from the one declaration in :mod:`cimstack.chip.regmap`,
+and the Amaranth layouts of declared bit fields (registers, memory-space words, instructions)."""
 from __future__ import annotations
 
 import functools
 import operator
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from cimstack.chip.bitfields import Field, contiguous
 from cimstack.chip.regmap import RegisterMap
 
-__all__ = ["RegisterFile", "port_name"]
+__all__ = ["RegisterFile", "port_name", "field_layout"]
 
 
 def port_name(reg_name: str) -> str:
     return reg_name.lower()
+
+
+def _field_shape(f: Field):
+    return f.enum if f.enum is not None else signed(f.width) if f.signed else unsigned(f.width)
+
+
+def field_layout(fields: tuple[Field, ...], size: int | None = None) -> data.Layout:
+    """The declared ``fields`` as a layout, so the RTL names them and never repeats an offset or
+    a width: each field at its offset, of its width, signed or of its enum's shape as declared.
+
+    Without ``size`` the fields must tile the word from bit 0 (a :class:`~amaranth.lib.data.StructLayout`
+    as wide as they are); with it, a :class:`~amaranth.lib.data.FlexibleLayout` of ``size`` bits
+    (gaps and bits above the last field belong to no field)."""
+    if size is None:
+        assert contiguous(fields), f"fields {[f.name for f in fields]} leave gaps: give the word's size"
+        return data.StructLayout({f.name: _field_shape(f) for f in fields})
+    return data.FlexibleLayout(size, {f.name: data.Field(_field_shape(f), f.offset) for f in fields})
 
 
 class RegisterFile(wiring.Component):
@@ -23,10 +42,11 @@ class RegisterFile(wiring.Component):
     Bus: ``addr``, ``w_data``, ``w_en`` (one-cycle write strobe), ``r_data`` (combinational),
     ``hit`` (the address names a register) and ``writable`` (it is ``rw`` or ``wo``).
 
-    Per register (port named after it in lower case): ``rw`` -> ``Out(32)`` holding the value
-    (bits outside the register's fields are not stored and read as 0);
-    ``ro`` -> ``In(32)`` the hardware drives (constants are held here and have no port);
-    ``wo`` -> ``Out(32)`` equal to the written word during the ``<name>_w`` strobe.
+    Per register, a port named after it in lower case, a 32-bit view whose fields are the
+    register's declared fields (:func:`field_layout`), so ``regs.cell_addr.row`` is the row:
+    ``rw`` -> ``Out`` holding the value (bits outside the register's fields are not stored and
+    read as 0); ``ro`` -> ``In`` the hardware drives (constants are held here and have no port);
+    ``wo`` -> ``Out`` equal to the written word during the ``<name>_w`` strobe.
     """
 
     def __init__(self, regmap: RegisterMap):
@@ -38,13 +58,13 @@ class RegisterFile(wiring.Component):
         for r in regmap.registers:
             if r.const:
                 continue
-            name = port_name(r.name)
+            name, layout = port_name(r.name), field_layout(r.fields, 32)
             if r.access == "rw":
-                members[name] = Out(32, init=r.reset)
+                members[name] = Out(layout, init=layout.from_bits(r.reset))
             elif r.access == "ro":
-                members[name] = In(32)
+                members[name] = In(layout)
             else:
-                members[name] = Out(32)
+                members[name] = Out(layout)
                 members[name + "_w"] = Out(1)
         super().__init__(members)
 
@@ -69,7 +89,7 @@ class RegisterFile(wiring.Component):
             if r.const:
                 value = C(r.reset & r.mask, 32)
             elif r.access in ("rw", "ro"):
-                value = getattr(self, port_name(r.name)) & r.mask
+                value = getattr(self, port_name(r.name)).as_value() & r.mask
             else:
                 continue
             terms.append(Mux(sel[r.name], value, 0))

@@ -8,22 +8,22 @@ POST, COPY and FILL work on the buffer directly. Bit-exact model:
 :meth:`cimstack.golden.GoldenSoC.run_program`.
 """
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.chip.config import ChipConfig
-from cimstack.chip.isa import COPY, FILL, HALT, LOOP, OPCODES, POST, VMM
-
-from cimstack.rtl.noc import KIND_ACC, KIND_ACT, KIND_CFG, FlitLayout
+from cimstack.chip.enums import FlitKind, InputEncoding
+from cimstack.chip.isa import COPY, FILL, HALT, LOOP, OP_FIELD, OPCODES, POST, VMM
 from cimstack.rtl.arith import clamp
+from cimstack.rtl.noc import CfgValue, FlitLayout
+from cimstack.rtl.regs import field_layout
 
 __all__ = ["Sequencer"]
 
 
-def _field(word: Value, op: str, name: str) -> Value:
-    f = next(f for f in OPCODES[op].fields if f.name == name)
-    v = word[f.offset:f.offset + f.width]
-    return v.as_signed() if f.signed else v
+def instr_layout(op: str) -> data.Layout:
+    """The 64-bit instruction word of ``op``: the opcode and the op's declared fields."""
+    return field_layout((OP_FIELD, *OPCODES[op].fields), 64)
 
 
 class Sequencer(wiring.Component):
@@ -34,7 +34,8 @@ class Sequencer(wiring.Component):
         super().__init__({
             "run_program": In(1), "run_vmm": In(1),
             "pc_start": In(12), "iters": In(16), "in_stride": In(16), "out_stride": In(16),
-            "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1), "vmm_mode": In(2),
+            "vmm_tile": In(8), "vmm_src": In(16), "vmm_dst": In(16), "vmm_acc": In(1),
+            "vmm_mode": In(2),                 # the VMM instruction's mode field: 0 the config's
             "busy": Out(1), "program": Out(1), "error": Out(1),
             "pc": Out(12), "iteration": Out(16), "executed": Out(32), "vmm_cycles": Out(32),
             "program_cycles": Out(32),
@@ -51,7 +52,7 @@ class Sequencer(wiring.Component):
         cfg = self.cfg
         rows, cols, ib = cfg.array.rows, cfg.array.cols, cfg.input.bits
         ins = Signal(64)
-        op = ins[:4]
+        op = data.View(field_layout((OP_FIELD,), 64), ins).op
 
         # ---- ejection: outputs into the buffer (store, or read-add-write) --------------------
         received = Signal(16)
@@ -60,7 +61,7 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.acc_addr.eq(e.index), e_addr.eq(e.index)]
         with m.FSM(name="eject_fsm"):
             with m.State("TAKE"):
-                with m.If(self.eject.valid & (e.kind != KIND_ACC)):
+                with m.If(self.eject.valid & (e.kind != FlitKind.ACC)):
                     m.d.comb += [self.eject.ready.eq(1), e_we.eq(1), e_data.eq(e.value)]
                     m.d.sync += received.eq(received + 1)
                 with m.Elif(self.eject.valid):
@@ -84,26 +85,31 @@ class Sequencer(wiring.Component):
         with m.If(self.program):
             m.d.sync += self.program_cycles.eq(self.program_cycles + 1)
 
-        tile0, count = _field(ins, "VMM", "tile"), _field(ins, "VMM", "count")
-        v_src, v_dst = _field(ins, "VMM", "src"), _field(ins, "VMM", "dst")
-        acc, split_rows, split_cols = _field(ins, "VMM", "acc"), _field(ins, "VMM", "split_rows"), _field(ins, "VMM", "split_cols")
-        # the input mode: field 0 is the config's own, 1.. select INPUT_MODES[field - 1]
-        mode_f = _field(ins, "VMM", "mode")
-        mode = Signal(2)
-        m.d.comb += mode.eq(Mux(mode_f == 0, cfg.datapath.mode().code, mode_f - 1))
+        vmm_i = data.View(instr_layout("VMM"), ins)
+        tile0, count = vmm_i.tile, vmm_i.count
+        v_src, v_dst = vmm_i.src, vmm_i.dst
+        acc, split_rows, split_cols = vmm_i.acc, vmm_i.split_rows, vmm_i.split_cols
+        # the input mode: field 0 is the config's own, n > 0 the encoding n - 1 (isa.mode_field)
+        mode = Signal(InputEncoding)
+        m.d.comb += mode.eq(Mux(vmm_i.mode == 0, cfg.datapath.mode().code, vmm_i.mode - 1))
         # an input word clamped to the mode's range: the signed ib-bit range, whose most
         # negative value unary lacks (its digits are symmetric)
         in_min, in_max = -(1 << (ib - 1)), (1 << (ib - 1)) - 1
         x_sat, x_in = Signal(signed(ib)), Signal(signed(ib))
         m.d.comb += [x_sat.eq(clamp(self.rd_data.as_signed(), in_min, in_max)), x_in.eq(x_sat)]
-        if "unary" in cfg.datapath.modes:
-            with m.If((mode == cfg.datapath.mode("unary").code) & (x_sat == in_min)):
+        cfg_value = Signal(CfgValue)      # a CFG flit's value: how the tiles treat this VMM
+        m.d.comb += [cfg_value.accumulate.eq(acc), cfg_value.mode.eq(mode)]
+        if InputEncoding.UNARY.config_name in cfg.datapath.modes:
+            with m.If((mode == InputEncoding.UNARY) & (x_sat == in_min)):
                 m.d.comb += x_in.eq(in_min + 1)
-        p_src, p_dst, p_n = _field(ins, "POST", "src"), _field(ins, "POST", "dst"), _field(ins, "POST", "n")
-        mul, shift, relu = _field(ins, "POST", "mul"), _field(ins, "POST", "shift"), _field(ins, "POST", "relu")
-        src_iter, dst_iter = _field(ins, "COPY", "src_iter"), _field(ins, "COPY", "dst_iter")
-        f_dst, f_n, f_value = _field(ins, "FILL", "dst"), _field(ins, "FILL", "n"), _field(ins, "FILL", "value")
-        target = _field(ins, "LOOP", "target")
+        post_i, copy_i = data.View(instr_layout("POST"), ins), data.View(instr_layout("COPY"), ins)
+        fill_i, loop_i = data.View(instr_layout("FILL"), ins), data.View(instr_layout("LOOP"), ins)
+        assert all(post_i.shape()[n] == copy_i.shape()[n] for n in ("src", "dst", "n"))
+        p_src, p_dst, p_n = post_i.src, post_i.dst, post_i.n          # COPY's are the same bits
+        mul, shift, relu = post_i.mul, post_i.shift, post_i.relu
+        src_iter, dst_iter = copy_i.src_iter, copy_i.dst_iter
+        f_dst, f_n, f_value = fill_i.dst, fill_i.n, fill_i.value
+        target = loop_i.target
 
         node_k = (tile0 + k + 1)[:6]
         all_tiles = Cat(C(0, 1), *[(t >= tile0) & (t < tile0 + count) for t in range(cfg.array.tiles)])
@@ -130,6 +136,11 @@ class Sequencer(wiring.Component):
 
         retire = Signal()          # the instruction is done: its registers update in one place below
 
+        single_vmm = Signal(instr_layout("VMM"))      # RUN unit 0: one VMM on one tile
+        m.d.comb += [single_vmm.op.eq(VMM), single_vmm.tile.eq(self.vmm_tile), single_vmm.count.eq(1),
+                     single_vmm.src.eq(self.vmm_src), single_vmm.dst.eq(self.vmm_dst),
+                     single_vmm.acc.eq(self.vmm_acc), single_vmm.mode.eq(self.vmm_mode)]
+
         def next_instruction():
             m.d.comb += retire.eq(1)
             with m.If(single):
@@ -147,9 +158,7 @@ class Sequencer(wiring.Component):
                     m.next = "FETCH"
                 with m.Elif(self.run_vmm):
                     # a one-instruction program from the VMM_* registers
-                    word = (VMM | self.vmm_tile[:6] << 4 | C(1, 6) << 10 | self.vmm_src << 16
-                            | self.vmm_dst << 32 | self.vmm_acc << 48 | self.vmm_mode << 51)
-                    m.d.sync += [ins.eq(word), self.busy.eq(1), single.eq(1), i.eq(0), k.eq(0),
+                    m.d.sync += [ins.eq(single_vmm), self.busy.eq(1), single.eq(1), i.eq(0), k.eq(0),
                                  vmm_count.eq(0), received.eq(0)]
                     m.next = "VMM_CFG"
             with m.State("FETCH"):
@@ -184,9 +193,9 @@ class Sequencer(wiring.Component):
             # -- VMM: configure each tile, send the inputs, collect every output -----------------
             with m.State("VMM_CFG"):
                 m.d.comb += [self.inject.valid.eq(1), self.inject.payload.dest.eq(C(1, 1) << node_k),
-                             self.inject.payload.kind.eq(KIND_CFG),
+                             self.inject.payload.kind.eq(FlitKind.CFG),
                              self.inject.payload.index.eq(v_dst + Mux(split_cols, k * cols, 0)),
-                             self.inject.payload.value.eq(Cat(acc, mode))]
+                             self.inject.payload.value.eq(cfg_value)]
                 with m.If(self.inject.ready):
                     with m.If(k == count - 1):
                         m.d.sync += k.eq(0)
@@ -199,7 +208,7 @@ class Sequencer(wiring.Component):
             with m.State("VMM_SEND"):
                 m.d.comb += [self.rd_addr.eq(in_addr), self.inject.valid.eq(1),
                              self.inject.payload.dest.eq(Mux(split_rows, C(1, 1) << node_k, all_tiles)),
-                             self.inject.payload.kind.eq(KIND_ACT), self.inject.payload.index.eq(i),
+                             self.inject.payload.kind.eq(FlitKind.ACT), self.inject.payload.index.eq(i),
                              self.inject.payload.value.eq(x_in)]
                 with m.If(self.inject.ready):
                     with m.If(i == rows - 1):

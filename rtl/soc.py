@@ -17,10 +17,10 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.chip.config import ChipConfig
-from cimstack.errors import ConfigError
+from cimstack.chip.enums import RunUnit
 from cimstack.chip.regmap import register_map
-
-from cimstack.rtl.bridge import RUN_UNITS, HostBridge
+from cimstack.errors import ConfigError
+from cimstack.rtl.bridge import HostBridge
 from cimstack.rtl.noc import Mesh, TileInterface
 from cimstack.rtl.regs import RegisterFile, port_name
 from cimstack.rtl.sequencer import Sequencer
@@ -76,6 +76,7 @@ class CimSoC(wiring.Component):
             tiles.append(tile)
 
         def reg(name):
+            """The register's port: a view whose fields are the declared ones."""
             return getattr(regs, port_name(name))
 
         # ---- physical layer -------------------------------------------------------------
@@ -94,20 +95,22 @@ class CimSoC(wiring.Component):
         regs_bus(m, regs, bridge)
         cycles = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
-        status = Cat(seq.busy, wv.busy, wv.cell_busy, seq.program)
+        status, seq_state = reg("STATUS"), reg("SEQ_STATE")
+        unit_busy = {RunUnit.VMM: seq.busy, RunUnit.WRITE_VERIFY: wv.busy | wv.cell_busy, RunUnit.PROGRAM: seq.busy}
         m.d.comb += [
-            reg("STATUS").eq(status), reg("CYCLES").eq(cycles),
-            reg("LINK_FRAMES").eq(bridge.frames_ok), reg("LINK_ERRORS").eq(bridge.frames_bad),
-            reg("LINK_DUPLICATES").eq(bridge.frames_dup),
-            reg("WV_DONE").eq(wv.done_count), reg("VMM_CYCLES").eq(seq.vmm_cycles),
-            reg("CELL_RESULT").eq(wv.cell_result),
-            reg("SEQ_STATE").eq(Cat(seq.pc, C(0, 4), seq.iteration[:15], seq.error)),
-            reg("SEQ_EXECUTED").eq(seq.executed), reg("SEQ_CYCLES").eq(seq.program_cycles),
+            status.vmm_busy.eq(seq.busy), status.wv_busy.eq(wv.busy), status.cell_busy.eq(wv.cell_busy),
+            status.seq_busy.eq(seq.program),
+            reg("CYCLES").value.eq(cycles),
+            reg("LINK_FRAMES").value.eq(bridge.frames_ok), reg("LINK_ERRORS").value.eq(bridge.frames_bad),
+            reg("LINK_DUPLICATES").count.eq(bridge.frames_dup),
+            reg("WV_DONE").count.eq(wv.done_count), reg("VMM_CYCLES").value.eq(seq.vmm_cycles),
+            reg("CELL_RESULT").value.eq(wv.cell_result),
+            seq_state.pc.eq(seq.pc), seq_state.iteration.eq(seq.iteration), seq_state.error.eq(seq.error),
+            reg("SEQ_EXECUTED").value.eq(seq.executed), reg("SEQ_CYCLES").value.eq(seq.program_cycles),
             bridge.status.eq(status), bridge.cycles.eq(cycles),
-            bridge.busy.eq(Cat(seq.busy, wv.busy | wv.cell_busy, seq.busy)),
+            bridge.busy.eq(Cat(unit_busy[u] for u in RunUnit)),
             self.busy.eq(seq.busy | wv.busy | wv.cell_busy | bridge.active),
         ]
-        assert RUN_UNITS == ("vmm", "wv", "seq")
 
         # ---- activation buffer: sequencer (main and accumulate reads, writes), host -----------
         # The host reads a memory only while every unit is idle (the bridge refuses memory
@@ -137,25 +140,28 @@ class CimSoC(wiring.Component):
                      wv.job_data.eq(jobs_r_host.data)]
 
         # ---- sequencer -------------------------------------------------------------------------
-        m.d.comb += [seq.run_vmm.eq(bridge.run[0]), seq.run_program.eq(bridge.run[2]),
-                     seq.vmm_tile.eq(reg("VMM_TILE")[:8]), seq.vmm_src.eq(reg("VMM_SRC")[:16]),
-                     seq.vmm_dst.eq(reg("VMM_DST")[:16]), seq.vmm_acc.eq(reg("VMM_FLAGS")[0]),
-                     seq.vmm_mode.eq(reg("VMM_FLAGS")[1:3]),
-                     seq.pc_start.eq(reg("SEQ_PC")[:12]), seq.iters.eq(reg("SEQ_ITERS")[:16]),
-                     seq.in_stride.eq(reg("SEQ_IN_STRIDE")[:16]), seq.out_stride.eq(reg("SEQ_OUT_STRIDE")[:16])]
+        flags = reg("VMM_FLAGS")
+        m.d.comb += [seq.run_vmm.eq(bridge.run[RunUnit.VMM]), seq.run_program.eq(bridge.run[RunUnit.PROGRAM]),
+                     seq.vmm_tile.eq(reg("VMM_TILE").tile), seq.vmm_src.eq(reg("VMM_SRC").addr),
+                     seq.vmm_dst.eq(reg("VMM_DST").addr), seq.vmm_acc.eq(flags.accumulate),
+                     seq.vmm_mode.eq(flags.mode),
+                     seq.pc_start.eq(reg("SEQ_PC").pc), seq.iters.eq(reg("SEQ_ITERS").iters),
+                     seq.in_stride.eq(reg("SEQ_IN_STRIDE").stride), seq.out_stride.eq(reg("SEQ_OUT_STRIDE").stride)]
 
         # ---- write-verify controller ---------------------------------------------------------
         amp = reg("WV_AMP")
         cell_addr, cell_unit, cell_op = reg("CELL_ADDR"), reg("CELL_UNIT"), reg("CELL_OP")
+        reseed = regs.control_w & reg("CONTROL").reseed
         m.d.comb += [
-            wv.start.eq(bridge.run[1]), wv.wv_tile.eq(reg("WV_TILE")[:8]), wv.count.eq(reg("WV_COUNT")[:16]),
-            wv.max_pulses.eq(reg("WV_MAX_PULSES")[:10]),
-            wv.amp_start.eq(amp[0:8]), wv.amp_step.eq(amp[8:16]), wv.amp_max.eq(amp[16:24]),
-            wv.cell_op.eq(getattr(regs, "cell_op_w")), wv.cell_tile.eq(cell_addr[0:8]),
-            wv.cell_row.eq(cell_addr[8:24]), wv.cell_cell.eq(cell_addr[24]),
-            wv.cell_group.eq(cell_unit[0:8]), wv.cell_lane.eq(cell_unit[8:16]),
-            wv.cell_pulse.eq(cell_op[0]), wv.cell_polarity.eq(cell_op[1]), wv.cell_amplitude.eq(cell_op[8:16]),
-            wv.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), wv.seed_key.eq(reg("SEED_KEY")),
+            wv.start.eq(bridge.run[RunUnit.WRITE_VERIFY]), wv.wv_tile.eq(reg("WV_TILE").tile),
+            wv.count.eq(reg("WV_COUNT").count), wv.max_pulses.eq(reg("WV_MAX_PULSES").pulses),
+            wv.amp_start.eq(amp.start), wv.amp_step.eq(amp.step), wv.amp_max.eq(amp.max),
+            wv.cell_op.eq(regs.cell_op_w), wv.cell_tile.eq(cell_addr.tile),
+            wv.cell_row.eq(cell_addr.row), wv.cell_cell.eq(cell_addr.cell),
+            wv.cell_group.eq(cell_unit.group), wv.cell_lane.eq(cell_unit.lane),
+            wv.cell_pulse.eq(cell_op.pulse), wv.cell_polarity.eq(cell_op.polarity),
+            wv.cell_amplitude.eq(cell_op.amplitude),
+            wv.reseed.eq(reseed), wv.seed_key.eq(reg("SEED_KEY").value),
         ]
         for t, tile in enumerate(tiles):
             sel = wv.tile == t
@@ -168,10 +174,10 @@ class CimSoC(wiring.Component):
         # ---- per-tile registers -----------------------------------------------------------
         for t, tile in enumerate(tiles):
             m.d.comb += [
-                tile.adc_gain.eq(reg(f"TILE{t}_ADC_GAIN")[:8]),
-                tile.adc_offset.eq(reg(f"TILE{t}_ADC_OFFSET")[:cfg.adc.bits]),
-                tile.relu.eq(reg(f"TILE{t}_RELU")[0]),
-                tile.reseed.eq(getattr(regs, "control_w") & reg("CONTROL")[0]), tile.seed_key.eq(reg("SEED_KEY")),
+                tile.adc_gain.eq(reg(f"TILE{t}_ADC_GAIN").gain),
+                tile.adc_offset.eq(reg(f"TILE{t}_ADC_OFFSET").offset),
+                tile.relu.eq(reg(f"TILE{t}_RELU").relu),
+                tile.reseed.eq(reseed), tile.seed_key.eq(reg("SEED_KEY").value),
             ]
 
         # ---- memory bus: the bridge's bulk reads and writes ------------------------------

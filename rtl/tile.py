@@ -16,15 +16,21 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.chip import prng as ref_prng
-from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
 from cimstack.chip.bitfields import index_bits
+from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
 from cimstack.chip.datapath import memory_word_bits
-
+from cimstack.chip.enums import InputEncoding, Polarity, Stuck
 from cimstack.rtl.arith import clamp, const_mul, round_shift
 from cimstack.rtl.prng import irwin_hall, reseed_value, xorshift32_next
 
 __all__ = ["CimTile", "DacController", "CrossbarMacro", "AdcController", "ShiftAccumulator",
            "PostProcessor", "Layouts"]
+
+
+def effective(stuck: Value, value: Value, top: int) -> Value:
+    """What a read of a cell sees: ``top`` if it is stuck at the top (:attr:`Stuck.AT_MAX`; the
+    unused flag value 3 too: bit 1 decides), 0 if stuck at 0, else ``value``."""
+    return Mux(stuck >= Stuck.AT_MAX, top, Mux(stuck == Stuck.AT_0, 0, value))
 
 
 class Layouts:
@@ -34,8 +40,12 @@ class Layouts:
         dp, a = cfg.datapath, cfg.array
         self.cfg = cfg
         self.lanes = a.mac_lanes
-        self.entry_bits = dp.state_bits + 2
+        # a crossbar memory word: per lane and cell (lane * cells_per_unit + cell), its state and flag
+        self.entry = data.StructLayout({"state": dp.state_bits, "stuck": Stuck})
+        self.entry_bits = self.entry.size
+        self.word = data.ArrayLayout(self.entry, a.mac_lanes * dp.cells_per_unit)
         self.word_bits = memory_word_bits(cfg)
+        assert self.word.size == self.word_bits
         self.depth = dp.groups * a.rows
         self.addr_bits = index_bits(max(self.depth, a.cols))
         self.row_bits = index_bits(a.rows)
@@ -44,7 +54,9 @@ class Layouts:
         self.pulse_bits = index_bits(self.max_pulses)
         self.col_bits = index_bits(a.cols)
         self.digit_bits = max(2, max(max(-md.digit_min, md.digit_max) for md in dp.modes.values()).bit_length() + 1)
-        self.post_word_bits = cfg.post.bias_bits + cfg.post.scale_bits
+        # a word of the TILE<t>_POST space: a column's post-processing parameters
+        self.post_word = data.StructLayout({"bias": signed(cfg.post.bias_bits), "scale": cfg.post.scale_bits})
+        self.post_word_bits = self.post_word.size
 
         self.load = data.StructLayout({
             "data": max(self.word_bits, self.post_word_bits),
@@ -67,7 +79,7 @@ class Layouts:
         self.output = data.StructLayout({"value": signed(cfg.post.out_bits), "col": self.col_bits})
         self.pulse = data.StructLayout({
             "row": self.row_bits, "group": self.group_bits, "lane": index_bits(a.mac_lanes),
-            "cell": 1, "polarity": 1, "amplitude": 8,
+            "cell": 1, "polarity": Polarity, "amplitude": 8,
             "read": 1,                         # 1: no pulse, return the cell's effective state
         })
 
@@ -76,7 +88,7 @@ class DacController(wiring.Component):
     """Buffers one input vector and expands it into signed pulse digits, row by row.
 
     Beat order: group, then pulse, then row (the crossbar re-reads the inputs once per group).
-    ``mode`` (an :data:`~cimstack.chip.config.INPUT_MODES` code) must hold for the whole VMM.
+    ``mode`` (an :class:`~cimstack.chip.enums.InputEncoding`) must hold for the whole VMM.
     """
 
     def __init__(self, cfg: ChipConfig):
@@ -84,7 +96,7 @@ class DacController(wiring.Component):
         super().__init__({
             "x": In(stream.Signature(signed(cfg.input.bits))),
             "digits": Out(stream.Signature(self.lay.digit)),
-            "mode": In(2),
+            "mode": In(InputEncoding),
             "running": Out(1),
         })
 
@@ -146,7 +158,7 @@ class DacController(wiring.Component):
         with m.Switch(self.mode):
             for md in dp.modes.values():
                 with m.Case(md.code):
-                    if md.name == "unary":
+                    if md.code == InputEncoding.UNARY:
                         mag = Mux(xv < 0, -xv, xv)
                         m.d.comb += digit.eq(Mux(mag > meta.pulse, Mux(xv < 0, -1, 1), 0))
                     else:
@@ -185,15 +197,13 @@ class CrossbarMacro(wiring.Component):
             "seed_key": In(32),
         })
 
-    def _lane_diff(self, m: Module, word: Value, lane: int) -> Value:
-        dp, E = self.cfg.datapath, self.lay.entry_bits
+    def _lane_diff(self, m: Module, word: data.View, lane: int) -> Value:
+        dp = self.cfg.datapath
         frac = self.cfg.cell.frac_bits
         codes = []
         for c in range(dp.cells_per_unit):
-            entry = word[(lane * dp.cells_per_unit + c) * E:][:E]
-            state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
-            code = Mux(stuck[1], dp.code_max, Mux(stuck[0], 0, state[frac:]))
-            codes.append(code)
+            entry = word[lane * dp.cells_per_unit + c]
+            codes.append(effective(entry.stuck, entry.state[frac:], dp.code_max))
         neg = codes[1] if dp.cells_per_unit == 2 else dp.ref_code
         diff = Signal(signed(self.cfg.cell.cell_bits + 2), name=f"diff{lane}")
         m.d.comb += diff.eq(codes[0] - neg)
@@ -226,7 +236,7 @@ class CrossbarMacro(wiring.Component):
 
         with m.If(s1_valid):
             for l in range(lanes):
-                total = acc[l] + s1.digit * self._lane_diff(m, rd.data, l)
+                total = acc[l] + s1.digit * self._lane_diff(m, data.View(lay.word, rd.data), l)
                 with m.If(s1.last_row):
                     m.d.sync += [out.sums[l].eq(total), acc[l].eq(0)]
                 with m.Else():
@@ -236,7 +246,6 @@ class CrossbarMacro(wiring.Component):
                              out.last_pulse.eq(s1.last_pulse)]
 
         # ---- cell update: read, compute, write -----------------------------------------
-        E = lay.entry_bits
         gs = (1 << dp.state_bits) - 1
         upd_seed = ref_prng.seed_state(cfg.seed, ref_prng.update_stream(self.tile))
         upd_rng = Signal(32, init=upd_seed)
@@ -254,10 +263,10 @@ class CrossbarMacro(wiring.Component):
         # the selected cell's entry in the word just read
         cells = dp.cells_per_unit
         index = req.lane * cells + req.cell if cells == 2 else req.lane
-        entry = rd.data.word_select(index, E)
-        state, stuck = entry[:dp.state_bits], entry[dp.state_bits:]
+        entry = data.View(lay.word, rd.data)[index]
+        state, stuck = entry.state, entry.stuck
         nxt = xorshift32_next(upd_rng)
-        dist = Mux(req.polarity, state + 1, gs + 1 - state)
+        dist = Mux(req.polarity == Polarity.RESET, state + 1, gs + 1 - state)
         step = round_shift(const_mul(req.amplitude * dist, dp.pulse_step_q), dp.state_bits + 4)
         # the pulse model spans three cycles (UPDATE, NOISE, MOVE): the step is registered, then
         # the noise product, so no cycle holds more than one multiplier chain; the word read
@@ -271,13 +280,13 @@ class CrossbarMacro(wiring.Component):
         step_r = Signal(range(step_max + 1))
         z_r = Signal(signed(11))
         noise_r = Signal(range(-noise_max, noise_max + 1))
-        entry_r = word_r.word_select(index, E)
-        state_r, stuck_r = entry_r[:dp.state_bits], entry_r[dp.state_bits:]
+        entry_r = data.View(lay.word, word_r)[index]
+        state_r, stuck_r = entry_r.state, entry_r.stuck
         noisy = Signal(range(-noise_max, step_max + noise_max + 1))
         m.d.comb += noisy.eq(step_r + noise_r)
-        moved = Mux(req.polarity, state_r - noisy, state_r + noisy)
+        moved = Mux(req.polarity == Polarity.RESET, state_r - noisy, state_r + noisy)
         new_state = Signal(dp.state_bits)
-        m.d.comb += new_state.eq(Mux(stuck_r != 0, state_r, clamp(moved, 0, gs)))
+        m.d.comb += new_state.eq(Mux(stuck_r != Stuck.NONE, state_r, clamp(moved, 0, gs)))
 
         load_take = self.load.valid & self.load.ready
         with m.FSM() as fsm:
@@ -293,7 +302,7 @@ class CrossbarMacro(wiring.Component):
                 with m.If(req.read):
                     # effective state as a VMM would see it: stuck cells read as 0 or full scale
                     m.d.sync += [done_valid.eq(1),
-                                 done_state.eq(Mux(stuck[1], gs, Mux(stuck[0], 0, state)))]
+                                 done_state.eq(effective(stuck, state, gs))]
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [upd_rng.eq(nxt), step_r.eq(step), z_r.eq(irwin_hall(nxt))]
@@ -306,8 +315,9 @@ class CrossbarMacro(wiring.Component):
                 m.next = "WRITE"
             with m.State("WRITE"):
                 # the word read, with the moved cell's state patched in
+                patched = data.View(lay.word, wr.data)[index]
                 m.d.comb += [wr.en.eq(1), wr.addr.eq(upd_addr), wr.data.eq(word_r),
-                             wr.data.word_select(index, E).eq(Cat(done_state, stuck_r))]
+                             patched.state.eq(done_state), patched.stuck.eq(stuck_r)]
                 m.d.sync += done_valid.eq(1)
                 m.next = "IDLE"
 
@@ -412,7 +422,7 @@ class ShiftAccumulator(wiring.Component):
         super().__init__({
             "codes": In(stream.Signature(self.lay.codes)),
             "columns": Out(stream.Signature(self.lay.column)),
-            "mode": In(2),
+            "mode": In(InputEncoding),
         })
 
     def elaborate(self, platform):
@@ -464,19 +474,19 @@ class PostProcessor(wiring.Component):
 
     def __init__(self, cfg: ChipConfig):
         self.cfg, self.lay = cfg, Layouts(cfg)
-        p = cfg.post
         super().__init__({
             "columns": In(stream.Signature(self.lay.column)),
             "y": Out(stream.Signature(self.lay.output)),
             "param_write": In(stream.Signature(data.StructLayout({
-                "col": self.lay.col_bits, "bias": signed(p.bias_bits), "scale": p.scale_bits}))),
+                "col": self.lay.col_bits, "bias": self.lay.post_word["bias"].shape,
+                "scale": self.lay.post_word["scale"].shape}))),
             "relu": In(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         cfg, p = self.cfg, self.cfg.post
-        layout = data.StructLayout({"bias": signed(p.bias_bits), "scale": p.scale_bits})
+        layout = self.lay.post_word
         init = [{"bias": 0, "scale": 1}] * cfg.array.cols
         m.submodules.params = params = memory.Memory(shape=layout, depth=cfg.array.cols, init=init)
         wr = params.write_port()
@@ -515,7 +525,7 @@ class CimTile(wiring.Component):
     ``pulse`` requests between VMMs. ``adc_gain``, ``adc_offset``, ``relu`` are run-time
     registers; ``reseed`` (a one-cycle strobe) restarts every generator from ``seed_key``
     (:func:`cimstack.chip.prng.seed_key` of the seed).
-    ``mode`` selects the VMM's input mode (an :data:`~cimstack.chip.config.INPUT_MODES` code); it
+    ``mode`` selects the VMM's input mode (an :class:`~cimstack.chip.enums.InputEncoding`); it
     is sampled with every input beat, and the value with the last row holds for the VMM.
     """
 
@@ -531,7 +541,7 @@ class CimTile(wiring.Component):
             "adc_gain": In(8, init=cfg.adc.gain),
             "adc_offset": In(signed(cfg.adc.bits), init=cfg.adc.offset),
             "relu": In(1, init=int(cfg.post.relu)),
-            "mode": In(2, init=cfg.datapath.mode().code),
+            "mode": In(InputEncoding, init=cfg.datapath.mode().code),
             "reseed": In(1),
             "seed_key": In(32),
             "busy": Out(1),
@@ -559,7 +569,7 @@ class CimTile(wiring.Component):
         wiring.connect(m, wiring.flipped(self.pulse), xbar.pulse)
         wiring.connect(m, xbar.pulse_done, wiring.flipped(self.pulse_done))
 
-        vmm_mode = Signal(2, init=cfg.datapath.mode().code)
+        vmm_mode = Signal(InputEncoding, init=cfg.datapath.mode().code)
         with m.If(self.x.valid & self.x.ready):
             m.d.sync += vmm_mode.eq(self.mode)
         m.d.comb += [dac.mode.eq(vmm_mode), shacc.mode.eq(vmm_mode)]
@@ -576,15 +586,15 @@ class CimTile(wiring.Component):
             m.d.sync += computing.eq(0)
 
         # load: target 0 -> crossbar word, target 1 -> post-processing parameters
-        p = cfg.post
+        post_word = data.View(self.lay.post_word, self.load.payload.data[:self.lay.post_word.size])
         m.d.comb += [
             xbar.vmm_busy.eq(self.busy),
             xbar.load.payload.data.eq(self.load.payload.data),
             xbar.load.payload.addr.eq(self.load.payload.addr),
             xbar.load.valid.eq(self.load.valid & (self.load.payload.target == 0)),
             post.param_write.payload.col.eq(self.load.payload.addr),
-            post.param_write.payload.bias.eq(self.load.payload.data[:p.bias_bits]),
-            post.param_write.payload.scale.eq(self.load.payload.data[p.bias_bits:][:p.scale_bits]),
+            post.param_write.payload.bias.eq(post_word.bias),
+            post.param_write.payload.scale.eq(post_word.scale),
             post.param_write.valid.eq(self.load.valid & (self.load.payload.target == 1) & ~self.busy),
             self.load.ready.eq(Mux(self.load.payload.target == 0, xbar.load.ready, ~self.busy)),
             adc.gain.eq(self.adc_gain), adc.offset.eq(self.adc_offset), post.relu.eq(self.relu),

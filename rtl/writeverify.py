@@ -7,29 +7,24 @@ The algorithm and its status codes are those of :meth:`cimstack.golden.GoldenSoC
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cimstack.chip import prng as ref_prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.chip.enums import Polarity, WriteVerifyStatus
 from cimstack.chip.prng import VERIFY_STREAM
-from cimstack.chip.bitfields import contiguous
-from cimstack.chip.regmap import WV_CONVERGED, WV_FAILED, WV_JOB_FIELDS, WV_RESULT_FIELDS, WV_STUCK
-
-from cimstack.rtl.prng import irwin_hall, reseed_value, xorshift32_next
+from cimstack.chip.regmap import WV_JOB_FIELDS, WV_RESULT_FIELDS
 from cimstack.rtl.arith import clamp, const_mul, round_shift
+from cimstack.rtl.prng import irwin_hall, reseed_value, xorshift32_next
+from cimstack.rtl.regs import field_layout
 from cimstack.rtl.tile import Layouts
 
 __all__ = ["WriteVerifyController", "JobLayout", "ResultLayout"]
 
-def _struct(fields) -> data.StructLayout:
-    assert contiguous(fields)
-    return data.StructLayout({f.name: signed(f.width) if f.signed else f.width for f in fields})
-
-
-JobLayout = _struct(WV_JOB_FIELDS)
-ResultLayout = _struct(WV_RESULT_FIELDS)
-SET, RESET, NONE = 0, 1, 2
+#: a word of the WV_JOBS / WV_RESULTS memory spaces, as :mod:`cimstack.chip.regmap` declares it
+JobLayout = field_layout(WV_JOB_FIELDS)
+ResultLayout = field_layout(WV_RESULT_FIELDS)
 
 
 class WriteVerifyController(wiring.Component):
@@ -49,7 +44,7 @@ class WriteVerifyController(wiring.Component):
             "job_addr": Out(16), "job_data": In(JobLayout),
             "res_addr": Out(16), "res_data": Out(ResultLayout), "res_we": Out(1),
             "cell_op": In(1), "cell_tile": In(8), "cell_row": In(16), "cell_group": In(8),
-            "cell_lane": In(8), "cell_cell": In(1), "cell_pulse": In(1), "cell_polarity": In(1),
+            "cell_lane": In(8), "cell_cell": In(1), "cell_pulse": In(1), "cell_polarity": In(Polarity),
             "cell_amplitude": In(8),
             "cell_busy": Out(1), "cell_result": Out(signed(32)),
             "tile": Out(8),
@@ -72,9 +67,10 @@ class WriteVerifyController(wiring.Component):
         count = Signal(16)
         budget = Signal(10)
         a_start, a_step, a_max = Signal(8), Signal(8), Signal(8)
-        pulses = Signal(12)
+        pulses = Signal(ResultLayout["pulses"].shape)
         amp = Signal(8)
-        last = Signal(2)
+        last = Signal(Polarity)            # the polarity of the job's last pulse, if it had one
+        pulsed = Signal()
         # a verify read is a state plus bounded noise: size the read and error datapath to it
         # rather than to 32 bits (the results' error field saturates at 16 bits anyway)
         noise_max = (510 * dp.verify_noise_q + (1 << (NOISE_FRAC_BITS - 1))) >> NOISE_FRAC_BITS
@@ -100,18 +96,20 @@ class WriteVerifyController(wiring.Component):
         drift = Signal(signed(read_bits + 1))
         m.d.comb += drift.eq(r - first)
         moved = Mux(drift < 0, -drift, drift)
-        pol = Mux(err < 0, SET, RESET)
+        pol = Mux(err < 0, Polarity.SET, Polarity.RESET)
         grown = Signal(9)
         m.d.comb += grown.eq(amp + a_step)
-        next_amp = Mux(pol == last, Mux(grown > a_max, a_max, grown), a_start)
+        next_amp = Mux(pulsed & (pol == last), Mux(grown > a_max, a_max, grown), a_start)
 
         def clamp_amp(v):
             return Mux(v < 1, 1, Mux(v > amax, amax, v))
 
+        err_min, err_max = next(f for f in WV_RESULT_FIELDS if f.name == "error").bounds
+
         def finish(status):
             m.d.comb += [self.res_we.eq(1), self.res_data.status.eq(status),
                          self.res_data.pulses.eq(pulses),
-                         self.res_data.error.eq(clamp(err, -32768, 32767))]
+                         self.res_data.error.eq(clamp(err, err_min, err_max))]
             m.d.sync += [idx.eq(idx + 1), self.done_count.eq(self.done_count + 1)]
             with m.If(idx + 1 == count):
                 m.d.sync += self.busy.eq(0)
@@ -139,11 +137,11 @@ class WriteVerifyController(wiring.Component):
             with m.State("JOB_ADDR"):
                 m.next = "JOB_LOAD"
             with m.State("JOB_LOAD"):
-                m.d.sync += [job.eq(self.job_data), pulses.eq(0), amp.eq(a_start), last.eq(NONE),
+                m.d.sync += [job.eq(self.job_data), pulses.eq(0), amp.eq(a_start), pulsed.eq(0),
                              is_first.eq(1),
                              req.row.eq(self.job_data.row), req.group.eq(self.job_data.group),
                              req.lane.eq(self.job_data.lane), req.cell.eq(self.job_data.cell),
-                             req.read.eq(1), req.polarity.eq(0), req.amplitude.eq(1)]
+                             req.read.eq(1), req.polarity.eq(Polarity.SET), req.amplitude.eq(1)]
                 m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += self.pulse.valid.eq(1)
@@ -164,13 +162,13 @@ class WriteVerifyController(wiring.Component):
                         m.next = "EVAL"
                     with m.Else():
                         # the pulse is done: verify it
-                        m.d.sync += [pulses.eq(pulses + 1), last.eq(req.polarity), req.read.eq(1)]
+                        m.d.sync += [pulses.eq(pulses + 1), last.eq(req.polarity), pulsed.eq(1), req.read.eq(1)]
                         m.next = "ISSUE"
             with m.State("EVAL"):
                 with m.If(abs_err <= job.tol):
-                    finish(WV_CONVERGED)
+                    finish(WriteVerifyStatus.CONVERGED)
                 with m.Elif(pulses >= budget):
-                    finish(Mux(moved <= job.tol, WV_STUCK, WV_FAILED))
+                    finish(Mux(moved <= job.tol, WriteVerifyStatus.STUCK, WriteVerifyStatus.FAILED))
                 with m.Else():
                     m.d.sync += [amp.eq(next_amp), req.read.eq(0), req.polarity.eq(pol),
                                  req.amplitude.eq(clamp_amp(next_amp))]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cimstack.chip.enums import Polarity
 from cimstack.golden.tile import GoldenTile, Pulse
 
 __all__ = ["make_job", "run_golden", "vmm_op", "pulse_op", "read_op"]
@@ -16,7 +17,7 @@ def vmm_op(x, mode: str | None = None) -> dict:
     return op
 
 
-def pulse_op(tile: GoldenTile, row: int, unit: int, cell: int, polarity: int, amplitude: int) -> dict:
+def pulse_op(tile: GoldenTile, row: int, unit: int, cell: int, polarity: Polarity, amplitude: int) -> dict:
     lanes = tile.cfg.array.mac_lanes
     return {"op": "pulse", "row": int(row), "group": int(unit) // lanes, "lane": int(unit) % lanes,
             "cell": int(cell), "polarity": int(polarity), "amplitude": int(amplitude)}
@@ -24,7 +25,7 @@ def pulse_op(tile: GoldenTile, row: int, unit: int, cell: int, polarity: int, am
 
 def read_op(tile: GoldenTile, row: int, unit: int, cell: int) -> dict:
     """A cell read through the pulse port (no pulse, no generator step)."""
-    return {**pulse_op(tile, row, unit, cell, 0, 1), "read": 1}
+    return {**pulse_op(tile, row, unit, cell, Polarity.SET, 1), "read": 1}
 
 
 def make_job(tile: GoldenTile, ops: list[dict], y_stall: float = 0.0, stall_seed: int = 0) -> dict:
@@ -49,7 +50,7 @@ def run_golden(tile: GoldenTile, ops: list[dict]) -> list:
             out.append(tile.read_cell(op["row"], op["group"] * lanes + op["lane"], op["cell"]))
         elif kind == "pulse":
             out.append(tile.pulse(Pulse(op["row"], op["group"] * lanes + op["lane"], op["cell"],
-                                        op["polarity"], op["amplitude"])))
+                                        Polarity(op["polarity"]), op["amplitude"])))
         elif kind == "reseed":
             tile.reseed(op["seed"])
             out.append(None)

@@ -85,7 +85,7 @@ class PtyBridge:
                 pass
         self._sock.close()
 
-    def __enter__(self) -> "PtyBridge":
+    def __enter__(self) -> PtyBridge:
         return self
 
     def __exit__(self, *exc) -> None:

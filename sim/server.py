@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import time
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import SimulationError
-
+from cimstack.gen.verilog import SOC_TOP, soc_verilog
+from cimstack.sim.pty import PtyBridge
 from cimstack.sim.verilator import verilator_env
 
 __all__ = ["build_server", "SimServer", "serve"]
@@ -33,8 +35,6 @@ def build_server(cfg: ChipConfig, build_root: str | Path = "build/server", verbo
 
     Rebuilds only when the generated Verilog or the harness changed (a stamp of both hashes).
     """
-    from cimstack.gen.verilog import SOC_TOP, soc_verilog
-
     build_dir = Path(build_root).resolve() / cfg.name
     build_dir.mkdir(parents=True, exist_ok=True)
     verilog = soc_verilog(cfg, "stream")
@@ -75,7 +75,10 @@ class SimServer:
         self.proc = subprocess.Popen(
             [str(self.binary), "--port", str(port), "--host", host, "--stats", str(self.stats_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
+        with selectors.DefaultSelector() as ready:     # a server that hangs before listening is named
+            ready.register(self.proc.stdout, selectors.EVENT_READ)
+            line = self.proc.stdout.readline() if ready.select(start_timeout) else \
+                f"no answer within {start_timeout:g} s"
         match = LISTEN_RE.search(line)
         if not match:
             self.proc.kill()
@@ -104,7 +107,7 @@ class SimServer:
             self.stats = json.loads(self.stats_file.read_text())
             self.stats_file.unlink()
 
-    def __enter__(self) -> "SimServer":
+    def __enter__(self) -> SimServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -120,7 +123,6 @@ def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1", pty: bool = F
           f"listening on {server.host}:{server.port}  ->  {server.url}", flush=True)
     bridge = None
     if pty:
-        from cimstack.sim.pty import PtyBridge
         bridge = PtyBridge(server.url)
         print(f"serial port (pseudo-terminal): {bridge.path}", flush=True)
     stop = {"now": False}

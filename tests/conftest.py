@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from cimstack.chip.config import ChipConfig, preset
-from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX
+from cimstack.chip.enums import Stuck
 from cimstack.golden.tile import GoldenTile
 
 # One torch thread: the models here are tiny, and two threads fighting the Verilator builds
@@ -35,7 +35,7 @@ def random_tile(cfg: ChipConfig, rng: np.random.Generator, stuck_rate: float = 0
     tile = GoldenTile(cfg, tile)
     tile.program_weights(rng.integers(dp.weight_min, dp.weight_max + 1, (a.rows, a.cols)))
     frac = rng.integers(0, 1 << cfg.cell.frac_bits, tile.state.shape)
-    stuck = rng.choice([0, STUCK_AT_0, STUCK_AT_MAX], tile.state.shape,
+    stuck = rng.choice([0, Stuck.AT_0, Stuck.AT_MAX], tile.state.shape,
                        p=[1 - stuck_rate, stuck_rate / 2, stuck_rate / 2])
     tile.set_state(tile.state + frac, stuck)
     # near-nominal registers so outputs spread over the range (the register test goes wild)

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import cimstack
-from cimstack.zoo import datasets
 from cimstack.backends import GoldenBackend
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import CompileError, ConfigError, InputRangeError, PlacementError
+from cimstack.zoo import datasets
 
 CFG = cimstack.preset("default")
 X = datasets.digits().x_train[:32]

@@ -15,8 +15,8 @@ import pytest
 from conftest import SOC_TEST_CONFIG, soc_test_config
 
 import cimstack
-from cimstack.zoo import datasets
 from cimstack.cli import cli, main
+from cimstack.zoo import datasets
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["config", "train", "compile", "place", "program", "run", "eval", "tune", "gen", "sim", "boards",

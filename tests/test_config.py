@@ -1,7 +1,9 @@
 """ChipConfig: presets, TOML round trip, validation errors that name the field and range."""
+import dataclasses
+
 import pytest
 
-from cimstack.chip.config import PRESETS, ChipConfig, load, preset
+from cimstack.chip.config import PRESETS, ChipConfig, FieldSpec, load, preset
 from cimstack.errors import ConfigError
 
 
@@ -62,3 +64,63 @@ def test_config_hash_tracks_every_field():
     a = preset("default")
     assert a.datapath.config_hash != a.replace(seed=2).datapath.config_hash
     assert a.datapath.config_hash == preset("default").datapath.config_hash
+
+
+def _spec_fields():
+    """(dotted path, section name or None, the default dataclass holding the field, field) for
+    every field of the default config but the sections themselves."""
+    cfg = ChipConfig()
+    for f in dataclasses.fields(ChipConfig):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from ((f"{f.name}.{g.name}", f.name, value, g) for g in dataclasses.fields(value))
+        else:
+            yield f.name, None, cfg, f
+
+
+def test_every_field_declares_its_meaning_and_range():
+    for path, _, holder, f in _spec_fields():
+        spec = f.metadata.get("spec")
+        assert isinstance(spec, FieldSpec), f"{path} is not declared with spec(...)"
+        assert spec.doc.strip(), f"{path} has no doc"
+        assert spec.kind == f.type, f"{path}: the default is a {spec.kind}, the annotation says {f.type}"
+        if spec.choices:
+            assert f.default in spec.choices, path
+        elif spec.kind in ("int", "float"):
+            lo, hi = spec.bounds(holder)
+            assert lo <= f.default <= hi, f"{path}: default {f.default} outside {lo}..{hi}"
+
+
+def _rejections():
+    """For each field, values its check refuses and the message naming the field and range
+    (a range that depends on another field is the default config's)."""
+    for path, section, holder, f in _spec_fields():
+        spec = f.metadata["spec"]
+        if spec.choices:
+            cases = [("pwm", f"{path} = 'pwm' is not one of {', '.join(spec.choices)}")]
+        elif spec.kind == "bool":
+            cases = [(1, f"{path} must be true or false, got 1")]
+        elif spec.kind == "str":
+            cases = [("", f"{path} must be a non-empty string, got ''")]
+        else:
+            lo, hi = spec.bounds(holder)
+            rng = f"{lo}..{hi}" if spec.kind == "int" else f"[{lo}, {hi}]"
+            what = "an integer" if spec.kind == "int" else "a number"
+            cases = [(bad, f"{path} = {bad} is out of range: allowed {rng}") for bad in (lo - 1, hi + 1)]
+            cases.append(("8", f"{path} must be {what} in {rng}, got '8'"))
+        for value, message in cases:
+            change = {section: {f.name: value}} if section else {f.name: value}
+            yield pytest.param(change, message, id=f"{path}={value!r}")
+
+
+@pytest.mark.parametrize("change, message", list(_rejections()))
+def test_each_field_check_rejects_by_name(change, message):
+    with pytest.raises(ConfigError) as err:
+        preset("default").replace(**change)
+    assert str(err.value) == message
+
+
+def test_field_ranges_are_checked_before_cross_field_checks():
+    # dac_bits = 2 with bit_serial breaks a cross-field check, v_read its own range: the range wins
+    with pytest.raises(ConfigError, match=r"input\.v_read = 5\.0 is out of range"):
+        preset("default").replace(input=dict(dac_bits=2, v_read=5.0))

@@ -5,13 +5,13 @@ import torch
 import torch.nn as nn
 
 import cimstack
-from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend, GoldenBackend, fabricate
 from cimstack.compiler import from_onnx
-from cimstack.errors import CompileError, ConfigError, InputRangeError, PlacementError, ProgrammingError
+from cimstack.compiler.ir import Node
 from cimstack.compiler.mapper import even_splits, map_layer
 from cimstack.compiler.placer import place
-from cimstack.compiler.ir import Node
+from cimstack.errors import CompileError, ConfigError, InputRangeError, PlacementError, ProgrammingError
+from cimstack.zoo import datasets, models
 
 CFG = cimstack.preset("default")
 

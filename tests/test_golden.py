@@ -4,10 +4,10 @@ import pytest
 
 from cimstack.chip import prng
 from cimstack.chip.config import IRWIN_HALL_SIGMA, preset
+from cimstack.chip.datapath import codes_to_weights, input_digits, pulse_weights, weights_to_codes
+from cimstack.chip.enums import Polarity, Stuck
 from cimstack.errors import InputRangeError
 from cimstack.golden.tile import GoldenTile, Pulse
-from cimstack.chip.enums import SET, RESET
-from cimstack.chip.datapath import codes_to_weights, input_digits, pulse_weights, weights_to_codes
 
 
 def offset_cfg():
@@ -86,7 +86,9 @@ def reference_vmm(tile: GoldenTile, x: np.ndarray, lane_state: np.ndarray) -> np
                 u = g * L + l
                 s = int(sum(int(digits[p, r]) * int(diff[r, u]) for r in range(cfg.array.rows)))
                 v = int(lane_state[l])
-                v ^= (v << 13) & 0xFFFFFFFF; v ^= v >> 17; v ^= (v << 5) & 0xFFFFFFFF
+                v ^= (v << 13) & 0xFFFFFFFF
+                v ^= v >> 17
+                v ^= (v << 5) & 0xFFFFFFFF
                 lane_state[l] = v
                 z = sum((v >> (8 * k)) & 0xFF for k in range(4)) - 510
                 a = s + ((z * dp.read_noise_q + (1 << 15)) >> 16)
@@ -109,7 +111,7 @@ def test_vectorised_golden_equals_scalar_reference(cfg):
     tile = GoldenTile(cfg)
     dp = cfg.datapath
     tile.program_weights(rng.integers(dp.weight_min, dp.weight_max + 1, (cfg.array.rows, cfg.array.cols)))
-    tile.stuck[3, 2, 0] = 2
+    tile.stuck[3, 2, 0] = Stuck.AT_MAX
     tile.adc_gain, tile.adc_offset = 5, -1
     lanes = tile.lane_rng.copy()
     bits = cfg.input.bits
@@ -133,13 +135,13 @@ def test_pulses_follow_soft_bounds():
     gs = (1 << cfg.datapath.state_bits) - 1
     states = [int(tile.state[0, 0, 0])]
     for _ in range(40):
-        states.append(tile.pulse(Pulse(0, 0, 0, SET, 1)))
+        states.append(tile.pulse(Pulse(0, 0, 0, Polarity.SET, 1)))
     steps = np.diff(states)
     assert states[-1] <= gs and steps[0] == 4 and (steps[:10] >= steps[10:20].max()).all()
-    down = tile.pulse(Pulse(0, 0, 0, RESET, 2))
+    down = tile.pulse(Pulse(0, 0, 0, Polarity.RESET, 2))
     assert down < states[-1]
-    tile.stuck[0, 1, 0] = 1
-    assert tile.pulse(Pulse(0, 1, 0, SET, 3)) == 0      # stuck cells do not move
+    tile.stuck[0, 1, 0] = Stuck.AT_0
+    assert tile.pulse(Pulse(0, 1, 0, Polarity.SET, 3)) == 0      # stuck cells do not move
 
 
 def test_bad_inputs_raise():
@@ -153,7 +155,7 @@ def test_bad_inputs_raise():
     with pytest.raises(InputRangeError, match="weights span"):
         tile.program_weights(np.full((16, 16), 9))
     with pytest.raises(InputRangeError, match="outside the tile"):
-        tile.pulse(Pulse(16, 0, 0, SET, 1))
+        tile.pulse(Pulse(16, 0, 0, Polarity.SET, 1))
 
 
 def test_post_parameters_reject_non_integers():

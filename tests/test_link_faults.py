@@ -7,8 +7,8 @@ import time
 import pytest
 from conftest import soc_test_config
 
-from cimstack.link.client import Device
 from cimstack.errors import ConfigError, LinkTimeout
+from cimstack.link.client import Device
 from cimstack.link.faults import Faults, soak
 from cimstack.link.transport import Link
 from cimstack.sim.server import SimServer

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from cimstack.chip.enums import FlitKind
 from cimstack.sim.verilator import build_mesh
 
 NODES = 7          # a 3x3 grid with two routers lacking a local port
@@ -58,7 +59,7 @@ def _random_traffic(mesh, nodes, stall, gap, multicast, to_self):
     for d, arrivals in enumerate(res["received"]):
         for dest, kind, index, value in arrivals:
             assert dest == 1 << d, f"node {d} got a flit whose mask {dest:b} is not narrowed to it"
-            assert kind == 1 and index == value & 0xFFFF
+            assert kind == FlitKind.OUT and index == value & 0xFFFF
             got.setdefault((value >> 24, d), []).append(value)
     assert got == sent          # same flits per (source, destination), in the order sent
     assert sum(len(a) for a in res["received"]) == total

@@ -17,7 +17,6 @@ from cimstack.compiler import from_onnx, from_torch
 from cimstack.errors import CompileError
 
 
-
 def export(model: nn.Module, x: torch.Tensor, path, **kw) -> onnx.ModelProto:
     model.eval()
     with warnings.catch_warnings():

@@ -15,15 +15,43 @@ import pytest
 import torch
 
 from cimstack.chip import prng
-from cimstack.chip.config import (IRWIN_HALL_SIGMA, NOISE_FRAC_BITS, AdcConfig, ArrayConfig, CellConfig, ChipConfig,
-                                  DeviceConfig, InputConfig, MappingConfig, PostConfig, preset)
-from cimstack.errors import ConfigError, InputRangeError
-from cimstack.chip.enums import RESET, SET, STUCK_AT_0, STUCK_AT_MAX
-from cimstack.golden.tile import GoldenTile, Pulse
+from cimstack.chip.config import (
+    IRWIN_HALL_SIGMA,
+    NOISE_FRAC_BITS,
+    AdcConfig,
+    ArrayConfig,
+    CellConfig,
+    ChipConfig,
+    DeviceConfig,
+    InputConfig,
+    MappingConfig,
+    PostConfig,
+    preset,
+)
 from cimstack.chip.datapath import codes_to_weights, input_digits, weights_to_codes
-from cimstack.physics import (Adc, Dac, DeviceModel, TileEmulator, codes_to_conductance,
-                              float_weights_to_conductances, ideal_column_currents, level_step_us, round_half_up,
-                              weights_to_conductances)
+from cimstack.chip.enums import Polarity, Stuck
+from cimstack.errors import ConfigError, InputRangeError
+from cimstack.golden.tile import GoldenTile, Pulse
+from cimstack.physics import (
+    Adc,
+    Dac,
+    DeviceModel,
+    TileEmulator,
+    codes_to_conductance,
+    float_weights_to_conductances,
+    ideal_column_currents,
+    level_step_us,
+    round_half_up,
+    weights_to_conductances,
+)
+from cimstack.physics.devices import (
+    GenericDeviceModel,
+    PcmDeviceModel,
+    device_model,
+    register_device_model,
+    registered_models,
+)
+from cimstack.physics.devices import registry as device_registry
 
 K = 5.0            # standard errors allowed per statistical comparison
 N = 100_000        # samples per statistical test
@@ -126,7 +154,7 @@ def test_stuck_faults_match_golden_exactly():
     emu = TileEmulator(cfg, seed=5)
     emu.program_weights(w, prog_noise=False, faults=True, d2d=False)
     stuck = emu.stuck.numpy()
-    assert (stuck == STUCK_AT_0).any() and (stuck == STUCK_AT_MAX).any()
+    assert (stuck == Stuck.AT_0).any() and (stuck == Stuck.AT_MAX).any()
     golden = GoldenTile(cfg)
     golden.program_weights(w)
     golden.set_state(golden.state, stuck=stuck)
@@ -334,6 +362,56 @@ def test_tile_read_noise_in_output_space():
     assert np.all(np.abs(s.mean(axis=0) - ideal) <= K * _se_mean(s))
 
 
+# -- device-model registry -----------------------------------------------------------------
+
+def test_device_model_registry_picks_the_configured_class():
+    assert registered_models() == ("generic", "pcm")
+    for name, cls in (("generic", GenericDeviceModel), ("pcm", PcmDeviceModel)):
+        cfg = preset("default").replace(device={"model": name})       # the config accepts every built-in
+        assert type(DeviceModel(cfg)) is cls and type(device_model(cfg)) is cls and cls.name == name
+        assert isinstance(DeviceModel(cfg), DeviceModel)
+    with pytest.raises(ConfigError, match=r"'rram-nope'.*registered: generic, pcm"):
+        device_model(preset("default"), model="rram-nope")
+
+
+def test_registering_a_device_model_makes_it_selectable(monkeypatch):
+    monkeypatch.setattr(device_registry, "DEVICE_MODELS", dict(device_registry.DEVICE_MODELS))
+
+    @register_device_model("test-flat")
+    class Flat(DeviceModel):
+        def programming_sigma(self, g_target):
+            return torch.full_like(g_target, 0.5)
+
+        def drift_nu_stats(self, g_target):
+            return torch.full_like(g_target, 0.1), torch.zeros_like(g_target)
+
+        def read_sigma(self, g_prog, g_t, t):
+            return torch.full_like(g_t, 0.25)
+
+    assert Flat.name == "test-flat" and "test-flat" in registered_models()
+    cfg = preset("default").replace(device={"d2d_sigma": 0.0})
+    model = device_model(cfg, model="test-flat")
+    assert type(model) is Flat
+    target = torch.full((8,), 5.0, dtype=torch.float64)
+    want = target + 0.5 * torch.randn(8, generator=_gen(39), dtype=torch.float64)
+    assert torch.equal(model.program(target, _gen(39)), want)
+    assert torch.equal(model.sample_nu(target, _gen(40)), torch.full_like(target, 0.1))
+    assert torch.equal(model.read_noise_sigma(target, target, 1.0), torch.full_like(target, 0.25))
+    with pytest.raises(InputRangeError):
+        model.read_noise_sigma(target, target, -1.0)                # the base checks t for every model
+    monkeypatch.setitem(device_registry.DEVICE_MODELS, "generic", Flat)
+    assert type(DeviceModel(cfg)) is Flat                              # DeviceModel(cfg) reads the registry
+    with pytest.raises(ConfigError, match="already registered"):
+        register_device_model("test-flat")(Flat)
+
+    class Partial(DeviceModel):
+        def programming_sigma(self, g_target):
+            return g_target
+
+    with pytest.raises(TypeError, match="drift_nu_stats, read_sigma"):
+        register_device_model("test-partial")(Partial)
+
+
 # -- (c) faults and pulses -----------------------------------------------------------------
 
 def test_stuck_at_rates_are_binomial_and_independent():
@@ -345,34 +423,34 @@ def test_stuck_at_rates_are_binomial_and_independent():
     stuck = emu.stuck.numpy()
     n = stuck.size
     assert n >= N
-    for flag, p in ((STUCK_AT_0, r0), (STUCK_AT_MAX, r1)):
+    for flag, p in ((Stuck.AT_0, r0), (Stuck.AT_MAX, r1)):
         frac = (stuck == flag).mean()
         assert abs(frac - p) <= K * math.sqrt(p * (1 - p) / n), (flag, frac, p)
     # G+ and G- fail independently: both cells of a pair stuck at 0 with probability r0**2
-    both = ((stuck[..., 0] == STUCK_AT_0) & (stuck[..., 1] == STUCK_AT_0)).mean()
+    both = ((stuck[..., 0] == Stuck.AT_0) & (stuck[..., 1] == Stuck.AT_0)).mean()
     pairs = stuck[..., 0].size
     assert abs(both - r0 ** 2) <= K * math.sqrt(r0 ** 2 * (1 - r0 ** 2) / pairs)
     # stuck cells read the rails, in both modes
     codes = emu.codes().numpy()
-    assert (codes[stuck == STUCK_AT_0] == 0).all() and (codes[stuck == STUCK_AT_MAX] == cfg.datapath.code_max).all()
+    assert (codes[stuck == Stuck.AT_0] == 0).all() and (codes[stuck == Stuck.AT_MAX] == cfg.datapath.code_max).all()
     g = emu.physical_conductances().numpy().reshape(stuck.shape)
-    assert (g[stuck == STUCK_AT_0] == cfg.device.g_min_us).all()
-    assert (g[stuck == STUCK_AT_MAX] == cfg.device.g_max_us).all()
+    assert (g[stuck == Stuck.AT_0] == cfg.device.g_min_us).all()
+    assert (g[stuck == Stuck.AT_MAX] == cfg.device.g_max_us).all()
 
 
 def _soft_bounds_mean(g: float, polarity: int, amplitude: int, step: float, gs1: float) -> float:
-    dist = gs1 - g if polarity == SET else g + 1
+    dist = gs1 - g if polarity == Polarity.SET else g + 1
     return amplitude * step * dist / gs1
 
 
-@pytest.mark.parametrize("state,polarity,amplitude", [(40.0, SET, 1), (200.0, SET, 3), (17.5, RESET, 2), (230.0, RESET, 5)])
+@pytest.mark.parametrize("state,polarity,amplitude", [(40.0, Polarity.SET, 1), (200.0, Polarity.SET, 3), (17.5, Polarity.RESET, 2), (230.0, Polarity.RESET, 5)])
 def test_pulse_response_mean_and_spread(state, polarity, amplitude):
     cfg = preset("default").replace(device={"pulse_step_lsb": 6.0, "pulse_c2c_sigma": 0.2})
     model = DeviceModel(cfg)
     gs1 = float(1 << cfg.datapath.state_bits)
     s0 = torch.full((N,), state, dtype=torch.float64)
     new = model.pulse(s0, polarity, amplitude, _gen(42)).numpy()
-    step = (new - state) * (1 if polarity == SET else -1)
+    step = (new - state) * (1 if polarity == Polarity.SET else -1)
     mean = _soft_bounds_mean(state, polarity, amplitude, 6.0, gs1)
     assert abs(step.mean() - mean) <= K * _se_mean(step[:, None])[0]
     assert abs(step.std() - 0.2 * mean) <= K * _se_var(step[:, None])[0] / (2 * step.std())
@@ -392,11 +470,11 @@ def test_pulse_twin_matches_golden_pulse_statistics():
     steps = np.empty(N)
     for k in range(N):                                           # the golden model is per pulse
         golden.state[0, 0, 0] = state
-        steps[k] = golden.pulse(Pulse(0, 0, 0, SET, amp)) - state
+        steps[k] = golden.pulse(Pulse(0, 0, 0, Polarity.SET, amp)) - state
     emu = TileEmulator(cfg, seed=43)
-    new = emu.devices.pulse(torch.full((N,), float(state), dtype=torch.float64), SET, amp, emu.gens["pulse"]).numpy()
+    new = emu.devices.pulse(torch.full((N,), float(state), dtype=torch.float64), Polarity.SET, amp, emu.gens["pulse"]).numpy()
     twin = new - state
-    d = _soft_bounds_mean(state, SET, amp, 32.0, 256.0)
+    d = _soft_bounds_mean(state, Polarity.SET, amp, 32.0, 256.0)
     assert d == 32.0
     mean_tol = K * math.hypot(_se_mean(steps[:, None])[0], _se_mean(twin[:, None])[0])
     assert abs(steps.mean() - twin.mean()) <= mean_tol, (steps.mean(), twin.mean())
@@ -414,7 +492,7 @@ def test_tile_apply_pulses():
     emu.program_weights(w, prog_noise=False, d2d=False, faults=True)
     rows = np.arange(cfg.array.rows)
     before = emu.state[rows, 3, 0].clone()
-    new = emu.apply_pulses(rows, 3, 0, SET, 2)
+    new = emu.apply_pulses(rows, 3, 0, Polarity.SET, 2)
     stuck = emu.stuck[rows, 3, 0] != 0
     gs1 = float(1 << cfg.datapath.state_bits)
     expect = before + 2 * cfg.device.pulse_step_lsb * (gs1 - before) / gs1
@@ -422,11 +500,11 @@ def test_tile_apply_pulses():
     torch.testing.assert_close(new[~stuck], expect[~stuck])
     assert torch.equal(emu.state[rows, 3, 0], new)
     with pytest.raises(InputRangeError):
-        emu.apply_pulses([0, 0], 1, 0, SET, 1)                   # same cell twice
+        emu.apply_pulses([0, 0], 1, 0, Polarity.SET, 1)                   # same cell twice
     with pytest.raises(InputRangeError):
-        emu.apply_pulses(0, 1, 0, SET, cfg.device.pulse_max_amplitude + 1)
+        emu.apply_pulses(0, 1, 0, Polarity.SET, cfg.device.pulse_max_amplitude + 1)
     with pytest.raises(InputRangeError):
-        emu.apply_pulses(0, cfg.datapath.units, 0, SET, 1)
+        emu.apply_pulses(0, cfg.datapath.units, 0, Polarity.SET, 1)
     with pytest.raises(InputRangeError):
         emu.apply_pulses(0, 1, 0, 7, 1)
 
@@ -441,7 +519,7 @@ def test_conductance_levels_and_mapping_reuse():
     np.testing.assert_allclose(np.diff(g), level_step_us(cfg))
     w = _random_weights(cfg, np.random.default_rng(51))
     gp, gm = weights_to_conductances(w, cfg)
-    codes = [np.rint(((t.numpy() - 0.5) / level_step_us(cfg))).astype(np.int64) for t in (gp, gm)]
+    codes = [np.rint((t.numpy() - 0.5) / level_step_us(cfg)).astype(np.int64) for t in (gp, gm)]
     assert np.array_equal(codes_to_weights(*codes, cfg), w)
     assert all(np.array_equal(a, b) for a, b in zip(codes, weights_to_codes(w, cfg)))
 

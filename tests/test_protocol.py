@@ -4,14 +4,27 @@ import random
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cimstack import preset
+from cimstack.chip.protocol import (
+    ESC,
+    FLAG,
+    Deframer,
+    ErrorCode,
+    Frame,
+    Op,
+    crc16,
+    encode_frame,
+    split_words,
+    stuff,
+    write_mem_payload,
+)
+from cimstack.chip.regmap import ID_MAGIC, register_map
+from cimstack.errors import InputRangeError
 from cimstack.gen import regmap_c_header, regmap_markdown, update_protocol_doc
 from cimstack.gen.registers import DOC_BEGIN, DOC_END
-from cimstack.chip.protocol import (ESC, FLAG, Deframer, ErrorCode, Frame, Op, crc16, encode_frame, split_words,
-                                    stuff, write_mem_payload)
-from cimstack.errors import InputRangeError
-from cimstack.chip.regmap import ID_MAGIC, register_map
 
 
 def test_crc_is_xmodem_and_body_checks_to_zero():
@@ -93,8 +106,8 @@ def test_protocol_doc_register_map_is_current(tmp_path):
 
 
 def test_instruction_set_roundtrip_and_checks():
-    from cimstack.errors import InputRangeError
     from cimstack.chip.isa import OPCODES, assemble, disassemble
+    from cimstack.errors import InputRangeError
     cfg = preset("default").replace(soc=dict(act_words=1024, instr_words=16))
     prog = [("COPY", dict(src=0, dst=500, n=64, src_iter=1)),
             ("VMM", dict(tile=1, count=2, src=500, dst=700, acc=1, split_rows=1)),
@@ -128,6 +141,7 @@ def test_instruction_set_roundtrip_and_checks():
 
 def test_soc_doc_instruction_set_is_current(tmp_path):
     from pathlib import Path
+
     from cimstack.gen import update_isa_doc
     doc = Path(__file__).parent.parent / "docs" / "soc.md"
     copy = tmp_path / "soc.md"
@@ -136,8 +150,6 @@ def test_soc_doc_instruction_set_is_current(tmp_path):
 
 
 # -- property-based fuzzing of the host's frame parser (hypothesis) -----------------------------
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 frames_st = st.builds(Frame, st.integers(0, 255), st.integers(0, 255), st.binary(max_size=300))
 # wire garbage with the framing bytes far more frequent than by chance

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import cimstack
-from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend, fabricate
+from cimstack.chip.enums import Polarity, Stuck
 from cimstack.errors import CompileError, ConfigError, ProgrammingError
 from cimstack.runtime.repair import check_maps, pick_line
 from cimstack.runtime.saved import load_deployment
+from cimstack.zoo import models
 
 # noise-free reads, so that a repaired chip must match a fault-free one bit for bit
 QUIET = dict(output_noise_lsb=0.0, read_noise_sigma=0.0)
@@ -163,7 +164,6 @@ def test_cells_that_drift_out_of_tolerance_are_found_refreshed_and_repaired(mlp)
     """After programming, cells disturbed out of tolerance are found by a verify read of every
     cell in use and programmed again; one that broke (stuck) is moved onto a spare. The chip
     then computes exactly what it did before."""
-    from cimstack.chip.enums import RESET, SET, STUCK_AT_MAX
     cfg = faulty(0.0, **SPARES)
     dep = compiled(mlp, cfg)
     be = GoldenBackend(cfg)
@@ -179,7 +179,7 @@ def test_cells_that_drift_out_of_tolerance_are_found_refreshed_and_repaired(mlp)
     for i in picks[:6]:                      # pushed away from target: 3 pulses of the largest amplitude
         r, u, c, target = (int(v[i]) for v in (jobs.row, jobs.unit, jobs.cell, jobs.target))
         for _ in range(3):
-            be.pulse(t, r, u, c, RESET if target > full // 2 else SET, cfg.device.pulse_max_amplitude)
+            be.pulse(t, r, u, c, Polarity.RESET if target > full // 2 else Polarity.SET, cfg.device.pulse_max_amplitude)
         disturbed.add((r, u, c))
     found = {(f.row, f.unit, f.cell) for f in dep.check_cells()}
     assert found <= disturbed and len(found) >= 4
@@ -191,7 +191,7 @@ def test_cells_that_drift_out_of_tolerance_are_found_refreshed_and_repaired(mlp)
     i = next(i for i in picks[6:] if jobs.target[i] < full - 8)        # a cell that breaks later
     g = be.soc.tiles[t]
     stuck = g.stuck.copy()
-    stuck[jobs.row[i], jobs.unit[i], jobs.cell[i]] = STUCK_AT_MAX
+    stuck[jobs.row[i], jobs.unit[i], jobs.cell[i]] = Stuck.AT_MAX
     g.set_state(g.state, stuck)
     (broken,) = dep.check_cells()
     assert (broken.row, broken.unit, broken.cell, broken.status) == (jobs.row[i], jobs.unit[i], jobs.cell[i], "drifted")

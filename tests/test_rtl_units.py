@@ -7,7 +7,11 @@ import pytest
 from amaranth import Module, Shape, Signal, signed
 from amaranth.sim import Simulator
 
+from cimstack.chip.config import preset
+from cimstack.chip.enums import Polarity
+from cimstack.golden.tile import GoldenTile
 from cimstack.rtl.arith import clamp, const_mul
+from cimstack.rtl.tile import CrossbarMacro
 
 
 @pytest.mark.parametrize("shape", [8, signed(11)], ids=["unsigned", "signed"])
@@ -62,7 +66,6 @@ def _crossbar_run(cfg, words, vmm_during_update: bool):
     """Apply one SET pulse to cell (row 0, lane 0), then run a VMM pass over every row: either
     after the pulse is done, or starting while the crossbar is still updating the cell. Returns
     the lane sums and the cell's state after both."""
-    from cimstack.rtl.tile import CrossbarMacro
 
     xbar = CrossbarMacro(cfg)
     rows = cfg.array.rows
@@ -74,7 +77,7 @@ def _crossbar_run(cfg, words, vmm_during_update: bool):
             ctx.set(xbar.load.valid, 1)
             await ctx.tick().until(xbar.load.ready)
         ctx.set(xbar.load.valid, 0)
-        ctx.set(xbar.pulse.payload, {"row": 0, "group": 0, "lane": 0, "cell": 0, "polarity": 0,
+        ctx.set(xbar.pulse.payload, {"row": 0, "group": 0, "lane": 0, "cell": 0, "polarity": Polarity.SET,
                                      "amplitude": 3, "read": 0})
         ctx.set(xbar.pulse.valid, 1)
         await ctx.tick().until(xbar.pulse.ready)
@@ -95,7 +98,7 @@ def _crossbar_run(cfg, words, vmm_during_update: bool):
         for _ in range(8):
             await ctx.tick()
         ctx.set(xbar.vmm_busy, 0)
-        ctx.set(xbar.pulse.payload, {"row": 0, "group": 0, "lane": 0, "cell": 0, "polarity": 0,
+        ctx.set(xbar.pulse.payload, {"row": 0, "group": 0, "lane": 0, "cell": 0, "polarity": Polarity.SET,
                                      "amplitude": 0, "read": 1})
         ctx.set(xbar.pulse.valid, 1)
         await ctx.tick().until(xbar.pulse.ready)
@@ -115,8 +118,6 @@ def test_a_vmm_started_during_a_cell_update_waits_for_it():
     VMM's first rows reach the crossbar while a cell update is still under way; they must
     wait for it, or the update reads the VMM's row instead of its own word (and writes it
     back over the cell's), and the VMM reads a paused port."""
-    from cimstack.chip.config import preset
-    from cimstack.golden.tile import GoldenTile
 
     cfg = preset("ice40-tiny").replace(array=dict(rows=2, cols=2, mac_lanes=2, adc_share=2))
     tile = GoldenTile(cfg)

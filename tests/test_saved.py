@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import cimstack
-from cimstack.zoo import datasets, models
 from cimstack.backends import GoldenBackend
 from cimstack.errors import CompileError, ConfigError, PlacementError
 from cimstack.runtime.saved import FORMAT, load_deployment
+from cimstack.zoo import datasets, models
 
 
 def _compiled(name: str, cfg=None):

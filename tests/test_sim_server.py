@@ -15,22 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import soc_test_config
 
 import cimstack
-from cimstack.zoo import datasets, models
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
-
-from cimstack.link.client import Device
+from cimstack.chip.datapath import weights_to_codes
+from cimstack.chip.enums import WriteVerifyStatus
+from cimstack.chip.isa import assemble
 from cimstack.errors import ConfigMismatchError, InputRangeError, LinkError
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.writeverify import WriteVerifyJob
-from cimstack.chip.isa import assemble
+from cimstack.link.client import Device
 from cimstack.link.transport import Link
-from cimstack.chip.datapath import weights_to_codes
-from cimstack.chip.regmap import WV_CONVERGED
 from cimstack.sim.server import SimServer
-
-from conftest import soc_test_config
+from cimstack.zoo import datasets, models
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +72,7 @@ def test_mlp_through_the_socket_matches_golden(server):
         results = dev.write_verify(1, jobs, max_pulses=64, amp_start=1, amp_step=1)
         expected = model.write_verify(1, jobs, 64, 1, 1, cfg.device.pulse_max_amplitude)
         assert results == expected
-        assert all(r.status == WV_CONVERGED for r in results), "healthy cells must converge"
+        assert all(r.status == WriteVerifyStatus.CONVERGED for r in results), "healthy cells must converge"
         # verify reads are noisy (1 % of full scale), so a converged cell can still sit one
         # code off: nearly all units must be exact, none off by more than one code
         diff = model.tiles[1].effective_weights() - _slice_sum(cfg, w2)

@@ -9,22 +9,39 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import random_inputs, random_tile, soc_test_config
 
 from cimstack.chip import prng
 from cimstack.chip.config import preset
+from cimstack.chip.enums import Polarity, RunUnit, Stuck, WriteVerifyStatus
+from cimstack.chip.isa import assemble, mode_name
+from cimstack.chip.protocol import (
+    CRC_BYTES,
+    ESC,
+    ESC_XOR,
+    FLAG,
+    HEADER_BYTES,
+    RESPONSE_BIT,
+    Deframer,
+    ErrorCode,
+    Frame,
+    Op,
+    crc16,
+    encode_frame,
+    read_mem_payload,
+    read_reg_payload,
+    split_words,
+    stuff,
+    write_mem_payload,
+    write_reg_payload,
+)
+from cimstack.chip.regmap import register_map
+from cimstack.golden.bridge import MUTATING, BridgeModel
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.tile import Pulse
 from cimstack.golden.writeverify import WriteVerifyJob
-from cimstack.chip.protocol import (CRC_BYTES, ESC, ESC_XOR, FLAG, HEADER_BYTES, RESPONSE_BIT, Deframer, ErrorCode,
-                                    Frame, Op, crc16, encode_frame, read_mem_payload, read_reg_payload, split_words,
-                                    stuff, write_mem_payload, write_reg_payload)
-from cimstack.chip.isa import mode_name
-from cimstack.chip.regmap import WV_CONVERGED, WV_STUCK, register_map
-from cimstack.rtl.bridge import RUN_UNITS
 from cimstack.sim.script import Script, error_code, ok_payload, u32s
 from cimstack.sim.verilator import build_soc
-
-from conftest import random_inputs, random_tile, soc_test_config
 
 
 @pytest.fixture(scope="session")
@@ -179,181 +196,7 @@ def test_registers_and_damaged_frames(soc):
 
 # -- random garbage and structure-aware fuzzing of the frame decoder -----------------------------
 
-MUTATING = (Op.WRITE_REG, Op.WRITE_MEM, Op.RUN)
-REJECTED = {"bad CRC": ErrorCode.BAD_CRC, "overflow": ErrorCode.OVERFLOW}    # else BAD_LENGTH
 PLAIN = [b for b in range(256) if b not in (FLAG, ESC)]
-
-
-class Unsafe(Exception):
-    """A generated request would start an engine or load a tile: the fuzzer draws another."""
-
-
-class BridgeModel:
-    """The host bridge as docs/protocol.md specifies it (the order of checks inside one
-    request as rtl/bridge.py makes them), with a shadow of every readable memory word and
-    read/write register and the link counters.
-
-    :meth:`send` takes wire bytes and returns the answers they must get: the host
-    :class:`Deframer` cuts the bodies, each rejected body gets one ERROR frame, each good one is
-    executed on the shadow. Its answers are ``(Frame, words of the payload not compared)``.
-
-    The RTL receiver and ``Deframer(max_body=max_payload + 6)`` cut and judge bodies alike: FLAG
-    ends a body and an ESC before it is dropped, empty bodies are ignored, a body of exactly
-    max_payload + 6 bytes still fits, and the checks come in the same order (overflow, shorter
-    than 6 bytes, CRC, length field). The Deframer names two causes the RTL answers with one
-    code (a short body and a wrong length field are both BAD_LENGTH)."""
-
-    def __init__(self, cfg, rm):
-        self.mp = cfg.soc.max_payload
-        self.regs = {r.addr: r for r in rm.registers}
-        self.spaces = {s.space: s for s in rm.spaces}
-        self.mask = {s.space: (1 << s.word_bits) - 1 for s in rm.spaces}
-        self.mem = {s.space: [0] * s.depth for s in rm.spaces if s.access == "rw"}     # reset: 0
-        self.reg = {r.addr: r.reset for r in rm.registers if r.access == "rw"}
-        self.deframer = Deframer(max_body=self.mp + HEADER_BYTES + CRC_BYTES)
-        self.head: list[int] = []            # the current body's first two bytes, unstuffed
-        self.esc = False
-        self.frames_ok = self.errors = self.dups = 0
-        self.last_ok: int | None = None      # seq of the last successful answer (protocol 3.0)
-        self.codes: Counter = Counter()      # ERROR answers predicted, by code
-        self.writes = 0                      # requests that changed the shadow
-
-    def send(self, wire: bytes) -> list:
-        out = []
-        for b in wire:
-            # the RTL answers a rejected body with the body's own first two bytes as seq and op
-            # (0 where the body is shorter); the spec only says "an arbitrary seq", but a
-            # stale header from an earlier frame would show here
-            head = self.head
-            if b == FLAG:
-                self.head, self.esc = [], False
-            elif b == ESC:
-                self.esc = True
-            else:
-                if len(self.head) < 2:
-                    self.head.append(b ^ ESC_XOR if self.esc else b)
-                self.esc = False
-            for body in self.deframer.feed(bytes((b,))):
-                if isinstance(body, Frame):
-                    out.append(self.execute(body))
-                else:
-                    out.append((self.error(*(head + [0, 0])[:2], REJECTED.get(body, ErrorCode.BAD_LENGTH)), ()))
-        return out
-
-    def error(self, seq: int, op: int, code: int) -> Frame:
-        self.errors += 1
-        self.codes[ErrorCode(code).name] += 1
-        return Frame(seq, Op.ERROR, bytes((code, op)))
-
-    def execute(self, f: Frame):
-        self.frames_ok += 1
-        code, payload, ignore, apply = self.decide(f)
-        if f.op in MUTATING and f.seq == self.last_ok:
-            self.dups += 1
-        if code:
-            return self.error(f.seq, f.op, code), ()
-        if apply:
-            apply()
-            self.writes += 1
-        self.last_ok = f.seq
-        return Frame(f.seq, f.op | RESPONSE_BIT, payload), ignore
-
-    def decide(self, f: Frame):
-        """(error code or 0, answer payload, answer words not compared, what it applies)
-        for a body with a good CRC and length; raises :class:`Unsafe` for a request whose
-        effect the shadow does not model (wo register, wo space, RUN)."""
-        op, p, mp = f.op, f.payload, self.mp
-        if op in MUTATING and f.seq == self.last_ok:
-            return 0, b"", (), None                          # a retransmission: acknowledged, not applied
-        if op == Op.ECHO:
-            return 0, p, (), None
-        if op == Op.STATUS:
-            return (ErrorCode.BAD_LENGTH, b"", (), None) if p else (0, bytes(8), (1,), None)   # CYCLES varies
-        if op == Op.READ_REG:
-            if len(p) != 4:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            addr, count = struct.unpack("<HH", p)
-            if count == 0 or count > mp // 4:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            addrs = [(addr + i) & 0xFFFF for i in range(count)]
-            if any(a not in self.regs for a in addrs):
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            values = struct.pack(f"<{count}I", *(self.reg_value(a) for a in addrs))
-            return 0, values, [i for i, a in enumerate(addrs) if self.regs[a].name == "CYCLES"], None
-        if op == Op.WRITE_REG:
-            if len(p) < 6 or len(p) % 4 != 2:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            (addr,) = struct.unpack_from("<H", p)
-            values = split_words(p[2:], 4)
-            addrs = [(addr + i) & 0xFFFF for i in range(len(values))]
-            if any(a not in self.regs or self.regs[a].access == "ro" for a in addrs):
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            if any(self.regs[a].access != "rw" for a in addrs):
-                raise Unsafe("a write-only (command) register")
-
-            def apply():
-                for a, v in zip(addrs, values):
-                    self.reg[a] = v & self.regs[a].mask
-            return 0, b"", (), apply
-        if op == Op.READ_MEM:
-            if len(p) != 5:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            space, addr, count = struct.unpack("<BHH", p)
-            sp = self.spaces.get(space)
-            if sp is None or sp.access != "rw" or count == 0 or addr + count > sp.depth:
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            if count * sp.word_bytes > mp:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            words = self.mem[space][addr:addr + count]
-            return 0, b"".join(w.to_bytes(sp.word_bytes, "little") for w in words), (), None
-        if op == Op.WRITE_MEM:
-            # a payload too short to hold the space byte is BAD_LENGTH whatever follows it
-            if len(p) < 3:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            space, addr = struct.unpack_from("<BH", p)
-            sp = self.spaces.get(space)
-            if sp is None:
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            if len(p) < 3 + sp.word_bytes or (len(p) - 3) % sp.word_bytes:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            words = split_words(p[3:], sp.word_bytes)
-            if addr + len(words) > sp.depth:
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            if sp.access != "rw":
-                raise Unsafe("a tile's crossbar or post-processing memory")
-
-            def apply():
-                for i, w in enumerate(words):
-                    self.mem[space][addr + i] = w & self.mask[space]
-            return 0, b"", (), apply
-        if op == Op.RUN:
-            if len(p) != 1:
-                return ErrorCode.BAD_LENGTH, b"", (), None
-            if p[0] >= len(RUN_UNITS):
-                return ErrorCode.BAD_ADDRESS, b"", (), None
-            raise Unsafe("RUN")
-        return ErrorCode.BAD_OPCODE, b"", (), None
-
-    def reg_value(self, addr: int) -> int:
-        r = self.regs[addr]
-        if r.access == "rw":
-            return self.reg[addr]
-        counters = {"LINK_FRAMES": self.frames_ok, "LINK_ERRORS": self.errors, "LINK_DUPLICATES": self.dups}
-        if r.name in counters:
-            return counters[r.name] & r.mask
-        # constants; command registers and idle engines' status read 0
-        return r.reset & r.mask if r.const else 0
-
-    def safe(self, wire: bytes) -> bool:
-        """Whether every good body in ``wire`` (sent from a frame boundary) is one the shadow
-        models; changes nothing."""
-        try:
-            for body in Deframer(max_body=self.mp + HEADER_BYTES + CRC_BYTES).feed(wire):
-                if isinstance(body, Frame):
-                    self.decide(body)
-        except Unsafe:
-            return False
-        return True
 
 
 def noisy_bytes(rng: random.Random, n: int, special: float = 0.12) -> bytes:
@@ -537,7 +380,7 @@ def test_frame_decoder_fuzz(soc):
             n = rng.choice((1, 1, 2, 3, 5, rng.randint(1, max(1, (mp - 3) // wb))))
             p = struct.pack("<BH", space, addr) + noisy_bytes(rng, n * wb, 0.02)
         else:
-            p = bytes([rng.randrange(len(RUN_UNITS), 256) if rng.random() < 0.6 else rng.randrange(len(RUN_UNITS))])
+            p = bytes([rng.randrange(len(RunUnit), 256) if rng.random() < 0.6 else rng.randrange(len(RunUnit))])
         if rng.random() < 0.12:                                  # payload cut short or too long
             cut = rng.choice((rng.randrange(3), rng.randrange(len(p))))
             p = p[:cut] if rng.random() < 0.5 else p + noisy_bytes(rng, rng.randint(1, 3))
@@ -643,7 +486,7 @@ def test_vmm_engine_matches_golden(soc):
     assert {o[4] for o in ops} == {0, 1, 2, 3}
     for tile, src, dst, acc, mode in ops:
         s.request(Op.WRITE_REG, write_reg_payload(rm["VMM_TILE"].addr, [tile, src, dst, int(acc) | mode << 1]))
-        s.request(Op.RUN, bytes([0]))
+        s.request(Op.RUN, bytes([RunUnit.VMM]))
         s.wait_idle()
         model.vmm(tile, src, dst, acc, mode_name(mode))
     reads = read_words(s, rm.space("ACT"), 0, n, cfg.soc.max_payload)
@@ -666,7 +509,7 @@ def test_write_verify_and_cell_access(soc):
     cells = sorted(cells)[:60]
     stuck_cells = set(cells[::6])
     for r, u, c in stuck_cells:
-        g.stuck[r, u, c] = 1 + (r % 2)
+        g.stuck[r, u, c] = Stuck.AT_MAX if r % 2 else Stuck.AT_0
     s = Script(seed=3)
     load_chip(s, model, rm, seed=int(rng.integers(1 << 32)))
     jobs = [WriteVerifyJob(r, u // a.mac_lanes, u % a.mac_lanes, c,
@@ -677,8 +520,8 @@ def test_write_verify_and_cell_access(soc):
     write_words(s, rm.space("WV_JOBS"), 0, words, cfg.soc.max_payload)
     amax = cfg.device.pulse_max_amplitude
     s.request(Op.WRITE_REG, write_reg_payload(rm["WV_TILE"].addr, [tile, len(jobs), 60, 1 | 1 << 8 | amax << 16]))
-    s.request(Op.RUN, bytes([1]))
-    busy = s.request(Op.RUN, bytes([1]))                     # already running
+    s.request(Op.RUN, bytes([RunUnit.WRITE_VERIFY]))
+    busy = s.request(Op.RUN, bytes([RunUnit.WRITE_VERIFY]))        # already running
     s.wait_idle(20_000_000)
     res_steps = read_words(s, rm.space("WV_RESULTS"), 0, len(jobs), cfg.soc.max_payload)
     done = s.request(Op.READ_REG, read_reg_payload(rm["WV_DONE"].addr, 1))
@@ -690,7 +533,7 @@ def test_write_verify_and_cell_access(soc):
         r, u, c = cells[k * 3]
         s.request(Op.WRITE_REG, write_reg_payload(rm["CELL_ADDR"].addr, [tile | r << 8 | c << 24, (u // a.mac_lanes) | (u % a.mac_lanes) << 8]))
         if k % 2:
-            pol, amp = k % 4 // 2, 1 + k % amax
+            pol, amp = Polarity(k % 4 // 2), 1 + k % amax
             s.request(Op.WRITE_REG, write_reg_payload(rm["CELL_OP"].addr, [1 | pol << 1 | amp << 8]))
             want = g.pulse(Pulse(r, u, c, pol, amp))
         else:
@@ -704,7 +547,7 @@ def test_write_verify_and_cell_access(soc):
     write_words(s, rm.space("ACT"), 0, [int(v) & 0xFFFF_FFFF for v in x], cfg.soc.max_payload)
     for i in range(4):
         s.request(Op.WRITE_REG, write_reg_payload(rm["VMM_TILE"].addr, [tile, i * a.rows, 200 + i * a.cols, 0]))
-        s.request(Op.RUN, bytes([0]))
+        s.request(Op.RUN, bytes([RunUnit.VMM]))
         s.wait_idle()
         model.vmm(tile, i * a.rows, 200 + i * a.cols)
     vmm_reads = read_words(s, rm.space("ACT"), 200, 4 * a.cols, cfg.soc.max_payload)
@@ -717,9 +560,9 @@ def test_write_verify_and_cell_access(soc):
     assert u32s(ok_payload(ans, done, Op.READ_REG)) == [len(jobs)]
     for (r, u, c), e in zip(cells, expected):
         if (r, u, c) in stuck_cells:
-            assert e.status == WV_STUCK, (r, u, c, e)
+            assert e.status == WriteVerifyStatus.STUCK, (r, u, c, e)
         else:
-            assert e.status == WV_CONVERGED, (r, u, c, e)
+            assert e.status == WriteVerifyStatus.CONVERGED, (r, u, c, e)
     assert sum(e.pulses for e in expected) > 3 * len(jobs)    # the cells really were moved
     for step, want in singles:
         (v,) = u32s(ok_payload(ans, step, Op.READ_REG))
@@ -764,7 +607,6 @@ def sequencer_program(base: int = 0):
 
 
 def test_sequencer_program_matches_golden(soc):
-    from cimstack.chip.isa import assemble
     cfg = soc.cfg
     rm = register_map(cfg)
     rng = np.random.default_rng(41)
@@ -777,14 +619,14 @@ def test_sequencer_program_matches_golden(soc):
     words = assemble(sequencer_program(base=8), cfg, base=8)
     write_words(s, rm.space("INSTR"), 8, words, cfg.soc.max_payload)
     s.request(Op.WRITE_REG, write_reg_payload(rm["SEQ_PC"].addr, [8, 3, 64, 32]))
-    s.request(Op.RUN, bytes([2]))
+    s.request(Op.RUN, bytes([RunUnit.PROGRAM]))
     s.wait_idle(5_000_000)
     state = s.request(Op.READ_REG, read_reg_payload(rm["SEQ_STATE"].addr, 2))
     reads = read_words(s, rm.space("ACT"), 0, cfg.soc.act_words, cfg.soc.max_payload)
     # an invalid opcode stops the program with the error flag
     write_words(s, rm.space("INSTR"), 0, [0xF], cfg.soc.max_payload)
     s.request(Op.WRITE_REG, write_reg_payload(rm["SEQ_PC"].addr, [0, 1, 0, 0]))
-    s.request(Op.RUN, bytes([2]))
+    s.request(Op.RUN, bytes([RunUnit.PROGRAM]))
     s.wait_idle()
     bad = s.request(Op.READ_REG, read_reg_payload(rm["SEQ_STATE"].addr, 1))
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_inputs, random_tile
 
 from cimstack.chip.config import ChipConfig, preset
 from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
-
-from conftest import random_inputs, random_tile
 
 N_VMM = 200
 

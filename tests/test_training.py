@@ -7,16 +7,26 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import soc_test_config
 from torch import nn
 
 import cimstack
-from cimstack.zoo import datasets, models
 from cimstack.backends import EmulatorBackend, GoldenBackend
 from cimstack.errors import CompileError, ConfigError
-from cimstack.training import (AnalogConv2d, AnalogLinear, ChipInTheLoop, MixedPrecisionMLP, Nonidealities,
-                               analog_layers, analog_matmul, convert, noise_finetune, stage_plan, train_hwa)
-
-from conftest import soc_test_config
+from cimstack.training import (
+    AnalogConv2d,
+    AnalogLinear,
+    ChipInTheLoop,
+    MixedPrecisionMLP,
+    Nonidealities,
+    analog_layers,
+    analog_matmul,
+    convert,
+    noise_finetune,
+    stage_plan,
+    train_hwa,
+)
+from cimstack.zoo import datasets, models
 
 NOISE_FREE = Nonidealities(programming="none", read_noise=False, output_noise=False, stuck=False)
 

@@ -3,20 +3,19 @@ hardware tuner (searchers, stage 1 on the emulator, settings saved with the depl
 Stage 2 on the simulated SoC is in test_sim_server.py."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 import cimstack
 from cimstack import files
-from cimstack.zoo import models
 from cimstack.backends import EmulatorBackend, GoldenBackend
 from cimstack.chip.config import preset
 from cimstack.errors import ConfigError, InputRangeError
 from cimstack.physics import TileEmulator
 from cimstack.physics.irdrop import IrDrop, NodalSolver, compensate, fast_transfer
 from cimstack.tuning import LayerSetting, Settings, Tuner, coordinate, genetic
+from cimstack.zoo import models
 
 
 def rel(a, b) -> float:

@@ -15,17 +15,19 @@ unchanged on any of them.
     (``write_verify="chip"``) or host-driven through the single-cell registers
     (``"host"``, the same ISPP loop as the golden model). Equals the golden backend bit for bit.
 
-The interface and what every backend shares are in :mod:`.base`.
+The interface, the capabilities callers test (``keeps_state_across_processes``, ``bit_exact``),
+the write-verify settings (:class:`WriteVerifyParams`) and what every backend shares are in
+:mod:`cimstack.backends.base`.
 """
-from cimstack.backends.base import Backend, CellJobs, adc_tie_bias, fabricate
+from cimstack.backends.base import Backend, CellJobs, WriteVerifyParams, adc_tie_bias, fabricate
 from cimstack.backends.device import DeviceBackend
 from cimstack.backends.emulator import EmulatorBackend
 from cimstack.backends.golden import GoldenBackend
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import ConfigError
 
-__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "fabricate", "backend",
-           "adc_tie_bias"]
+__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "WriteVerifyParams", "fabricate",
+           "backend", "adc_tie_bias"]
 
 
 def backend(name: str, cfg: ChipConfig, **kwargs) -> Backend:

@@ -4,10 +4,17 @@ A backend holds the state of every tile. :meth:`Backend.erase` puts tiles into t
 as-fabricated state: every cell at conductance state 0 (fully RESET) with the stuck-at
 faults of this chip instance (:func:`fabricate`, drawn from the config's stuck-at rates
 and the seed, the same for every backend), and restarts the noise generators.
+
+What callers may ask of a backend besides its methods are its capabilities, class attributes
+of every backend (:attr:`Backend.keeps_state_across_processes`, :attr:`Backend.bit_exact`):
+callers test those, never the backend's name. The settings of a write-verify run travel as
+one :class:`WriteVerifyParams`.
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,7 +24,7 @@ from cimstack.errors import ConfigError, InputRangeError
 from cimstack.golden.writeverify import WriteVerifyJob
 from cimstack.physics.devices import DeviceModel, seed_for
 
-__all__ = ["Backend", "CellJobs", "fabricate", "adc_tie_bias"]
+__all__ = ["Backend", "CellJobs", "WriteVerifyParams", "fabricate", "adc_tie_bias"]
 
 _STREAM_FAB, _STREAM_VERIFY = 3, 4
 _CHUNK = 4096          # VMM rows per call of a model (bounds the memory of the per-pulse sums)
@@ -45,6 +52,27 @@ def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:
     return 0.0 if m == 1 else 1.0 / (2 * m)
 
 
+@dataclass(frozen=True)
+class WriteVerifyParams:
+    """The ISPP settings of a write-verify run (:func:`cimstack.golden.writeverify.ispp`).
+
+    At most ``max_pulses`` pulses per cell; the amplitude is ``amp_start`` on the first pulse
+    and after every change of polarity and grows by ``amp_step`` on each pulse of the same
+    polarity, up to ``amp_max``: ``None`` stands for the config's ``device.pulse_max_amplitude``
+    (:meth:`resolved` fills it in). The hardware's ranges are checked where the run executes
+    (:func:`cimstack.golden.writeverify.check_write_verify`).
+    """
+
+    max_pulses: int = 100
+    amp_start: int = 1
+    amp_step: int = 1
+    amp_max: int | None = None
+
+    def resolved(self, cfg: ChipConfig) -> WriteVerifyParams:
+        """These settings with ``amp_max`` taken from ``cfg`` where it is left open."""
+        return self if self.amp_max is not None else replace(self, amp_max=cfg.device.pulse_max_amplitude)
+
+
 class CellJobs:
     """Cells to program on one tile: parallel int64 arrays ``row``, ``unit``, ``cell``,
     ``target`` (state LSBs) and ``tol``."""
@@ -62,59 +90,73 @@ class CellJobs:
                 for r, u, c, t, tol in zip(self.row, self.unit, self.cell, self.target, self.tol)]
 
 
-class Backend:
-    """What a deployment needs of a chip: erase, tile registers, write-verify and VMMs."""
+class Backend(ABC):
+    """What a deployment needs of a chip: erase, tile registers, write-verify and VMMs.
 
-    name = "backend"
+    Capabilities (class attributes; callers test these, not :attr:`name`):
+
+    ``keeps_state_across_processes``
+        The cells keep what was programmed after this process ends (a chip does; the models
+        start erased in every process), so a deployment can attach to it without programming.
+    ``bit_exact``
+        The integer datapath, bit for bit: equal VMM results and write-verify outcomes on
+        every bit-exact backend for the same seed (the golden model and the chip do; the
+        physics emulator agrees statistically).
+    """
+
+    name = "backend"                               # a label for reports
+    keeps_state_across_processes: bool = False
+    bit_exact: bool = False
 
     def __init__(self, cfg: ChipConfig):
         if not isinstance(cfg, ChipConfig):
             raise ConfigError(f"a backend needs a ChipConfig, got {type(cfg).__name__}")
         self.cfg = cfg
 
+    @abstractmethod
     def erase(self, tiles, seed: int) -> None:
         """Tiles to their as-fabricated state; every noise generator restarted from ``seed``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def configure_tile(self, tile: int, adc_gain: int, adc_offset: int, post_scale: int) -> None:
         """ADC registers of a tile; post-processing bias 0, scale ``post_scale`` on every
         column, no ReLU."""
-        raise NotImplementedError
 
+    @abstractmethod
     def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
         """Only the ADC gain (integration time) and offset registers of a tile: what the
         runtime rewrites between layers that share a tile but were tuned differently."""
-        raise NotImplementedError
 
-    def write_verify(self, tile: int, jobs: CellJobs, max_pulses: int, amp_start: int, amp_step: int,
-                     amp_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Program cells; per cell (status, pulses, final error in state LSBs)."""
-        raise NotImplementedError
+    @abstractmethod
+    def write_verify(self, tile: int, jobs: CellJobs,
+                     params: WriteVerifyParams = WriteVerifyParams()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Program cells with the ISPP settings ``params``; per cell (status, pulses, final
+        error in state LSBs)."""
 
+    @abstractmethod
     def reseed_noise(self, seed: int) -> None:
         """Restart the read-noise generators from ``seed`` (cell states are kept), so that
         runs compared against each other see the same noise draws."""
-        raise NotImplementedError
 
+    @abstractmethod
     def vmm(self, tile: int, x: np.ndarray, mode: str | None = None) -> torch.Tensor:
         """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pulse(self, tile: int, row, unit, cell, polarity, amplitude=1) -> np.ndarray:
         """One programming pulse on each of a set of distinct cells (parallel int arrays,
         broadcast); returns their states after it (state LSBs). For training on the chip."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read_cells(self, tile: int, row, unit, cell) -> np.ndarray:
         """Verify reads of a set of cells (state LSBs, with the verify read noise)."""
-        raise NotImplementedError
 
     def rounding_bias(self, adc_gain: int) -> float:
         """Mean ADC rounding error per conversion (ADC LSBs) that the runtime subtracts:
         the integer datapath's tie bias (:func:`adc_tie_bias`)."""
         return adc_tie_bias(self.cfg, adc_gain)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - only a backend holding a link has anything to close
         pass
 
     def __enter__(self):

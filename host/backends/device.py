@@ -1,16 +1,17 @@
 """The device backend: a real or simulated SoC over a link, bit-exact with the golden backend."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
-from cimstack.backends.base import Backend, _cell_args, _neutral_post, _results, fabricate
+from cimstack.backends.base import Backend, CellJobs, WriteVerifyParams, _cell_args, _neutral_post, _results, fabricate
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.isa import mode_field
 from cimstack.errors import ConfigError
 from cimstack.golden.tile import GoldenTile
 from cimstack.golden.writeverify import ispp
-from cimstack.chip.isa import mode_field
+from cimstack.link.client import Device
+from cimstack.link.transport import Link
 
 __all__ = ['DeviceBackend']
 
@@ -25,10 +26,10 @@ class DeviceBackend(Backend):
     """
 
     name = "device"
+    keeps_state_across_processes = True
+    bit_exact = True
 
     def __init__(self, target, cfg: ChipConfig | None = None, *, write_verify: str = "chip", **link_args):
-        from cimstack.link.client import Device
-        from cimstack.link.transport import Link
         if write_verify not in ("chip", "host"):
             raise ConfigError(f"write_verify = {write_verify!r} is not one of chip, host")
         if isinstance(target, Device):
@@ -67,10 +68,11 @@ class DeviceBackend(Backend):
     def set_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
         self.dev.set_adc(tile, adc_gain, adc_offset)
 
-    def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
+    def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
+        p = params.resolved(self.cfg)
         job_list = jobs.jobs(self.cfg)
         if self.wv_mode == "chip":
-            return _results(self.dev.write_verify(tile, job_list, max_pulses, amp_start, amp_step, amp_max))
+            return _results(self.dev.write_verify(tile, job_list, p.max_pulses, p.amp_start, p.amp_step, p.amp_max))
         lanes = self.cfg.array.mac_lanes
 
         def read(j):
@@ -79,7 +81,7 @@ class DeviceBackend(Backend):
         def pulse(j, polarity, amplitude):
             self.dev.pulse_cell(tile, j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude)
 
-        return _results(ispp(job_list, read, pulse, max_pulses, amp_start, amp_step, amp_max))
+        return _results(ispp(job_list, read, pulse, p.max_pulses, p.amp_start, p.amp_step, p.amp_max))
 
     def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
         self._check_tile(tile)

@@ -1,17 +1,25 @@
 """The emulator backend: the PyTorch physics emulator of every tile, float and batched."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
-from cimstack.backends.base import Backend, _cell_args, _neutral_post, adc_tie_bias, fabricate, _CHUNK, _STREAM_VERIFY
+from cimstack.backends.base import (
+    _CHUNK,
+    _STREAM_VERIFY,
+    Backend,
+    CellJobs,
+    WriteVerifyParams,
+    _cell_args,
+    _neutral_post,
+    adc_tie_bias,
+    fabricate,
+)
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.enums import Polarity, Stuck, WriteVerifyStatus
 from cimstack.errors import ConfigError
-from cimstack.chip.enums import RESET, SET
 from cimstack.physics import TileEmulator
 from cimstack.physics.devices import seed_for
-from cimstack.chip.regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
 
 __all__ = ['EmulatorBackend']
 
@@ -69,9 +77,11 @@ class EmulatorBackend(Backend):
         self._check_tile(tile)
         self.tiles[tile].adc.set_registers(gain=int(adc_gain), offset=int(adc_offset))
 
-    def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
-        """The ISPP loop of :func:`cimstack.golden.ispp`, on all cells in parallel."""
+    def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
+        """The ISPP loop of :func:`cimstack.golden.writeverify.ispp`, on all cells in parallel."""
         self._check_tile(tile)
+        p = params.resolved(self.cfg)
+        max_pulses, amp_start, amp_step, amp_max = p.max_pulses, p.amp_start, p.amp_step, p.amp_max
         emu = self.tiles[tile]
         r_, u_, c_ = (torch.as_tensor(v, device=emu.device) for v in (jobs.row, jobs.unit, jobs.cell))
         target = torch.as_tensor(jobs.target, dtype=emu.dtype, device=emu.device)
@@ -93,7 +103,7 @@ class EmulatorBackend(Backend):
             idx = torch.nonzero(err.abs() > tol).flatten()
             if idx.numel() == 0:
                 break
-            pol = torch.where(err[idx] < 0, SET, RESET)
+            pol = torch.where(err[idx] < 0, Polarity.SET, Polarity.RESET)
             a = torch.where(pol == last_pol[idx], torch.clamp(amp[idx] + amp_step, max=amp_max),
                             torch.full_like(pol, amp_start))
             state[idx] = emu.devices.pulse(state[idx], pol, a, emu.gens["pulse"], stuck=stuck[idx])
@@ -102,7 +112,8 @@ class EmulatorBackend(Backend):
             last_read[idx] = read(state[idx], idx)
         err = last_read - target
         ok = err.abs() <= tol
-        status = torch.where(ok, WV_CONVERGED, torch.where((last_read - first).abs() <= tol, WV_STUCK, WV_FAILED))
+        status = torch.where(ok, WriteVerifyStatus.CONVERGED,
+                             torch.where((last_read - first).abs() <= tol, WriteVerifyStatus.STUCK, WriteVerifyStatus.FAILED))
         new_state = emu.state.clone()
         new_state[r_, u_, c_] = state
         emu.set_state(new_state, emu.stuck)          # fresh drift exponents for the programmed states
@@ -114,7 +125,8 @@ class EmulatorBackend(Backend):
         verify read noise (``device.read_noise_sigma`` of full scale)."""
         full = float((1 << self.cfg.datapath.state_bits) - 1)
         sigma = self.cfg.device.read_noise_sigma * full
-        eff = torch.where(stuck == 1, torch.zeros_like(state), torch.where(stuck == 2, torch.full_like(state, full), state))
+        eff = torch.where(stuck == Stuck.AT_0, torch.zeros_like(state),
+                          torch.where(stuck == Stuck.AT_MAX, torch.full_like(state, full), state))
         if sigma > 0:
             eff = eff + sigma * torch.randn(state.shape, generator=self.verify_gen, dtype=state.dtype, device=state.device)
         return eff

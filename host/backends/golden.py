@@ -1,15 +1,23 @@
 """The golden backend: the bit-exact NumPy model of the SoC (:class:`cimstack.golden.GoldenSoC`)."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
-from cimstack.backends.base import Backend, _cell_args, _neutral_post, _results, fabricate, _CHUNK
+from cimstack.backends.base import (
+    _CHUNK,
+    Backend,
+    CellJobs,
+    WriteVerifyParams,
+    _cell_args,
+    _neutral_post,
+    _results,
+    fabricate,
+)
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.datapath import check_adc_registers
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.tile import Pulse
-from cimstack.chip.datapath import check_adc_registers
 
 __all__ = ['GoldenBackend']
 
@@ -18,6 +26,7 @@ class GoldenBackend(Backend):
     """The bit-exact integer model."""
 
     name = "golden"
+    bit_exact = True
 
     def __init__(self, cfg: ChipConfig):
         super().__init__(cfg)
@@ -44,8 +53,10 @@ class GoldenBackend(Backend):
         g = self.soc.tiles[tile]
         g.adc_gain, g.adc_offset = check_adc_registers(self.cfg, adc_gain, adc_offset)
 
-    def write_verify(self, tile, jobs, max_pulses, amp_start, amp_step, amp_max):
-        return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), max_pulses, amp_start, amp_step, amp_max))
+    def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
+        p = params.resolved(self.cfg)
+        return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), p.max_pulses, p.amp_start, p.amp_step,
+                                              p.amp_max))
 
     def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
         self._check_tile(tile)

@@ -4,6 +4,7 @@ instructions (:mod:`cimstack.chip.isa`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 from cimstack.errors import InputRangeError
 
@@ -12,11 +13,21 @@ __all__ = ["Field", "index_bits", "pack", "unpack", "contiguous"]
 
 @dataclass(frozen=True)
 class Field:
+    """``width`` bits at ``offset`` of a word, unsigned, ``signed`` (two's complement) or holding
+    an ``enum`` (an :mod:`cimstack.chip.enums` class, as wide as the field): the RTL then gives
+    the field the enum's shape and :func:`unpack` returns its members."""
+
     name: str
     offset: int
     width: int
     doc: str
     signed: bool = False
+    enum: type[IntEnum] | None = None
+
+    def __post_init__(self):
+        if self.enum is not None:
+            assert not self.signed and max(self.enum) < 1 << self.width, \
+                f"field {self.name}: {self.enum.__name__} does not fit {self.width} unsigned bits"
 
     @property
     def mask(self) -> int:
@@ -57,7 +68,7 @@ def unpack(fields: tuple[Field, ...], word: int) -> dict[str, int]:
         v = (word >> f.offset) & ((1 << f.width) - 1)
         if f.signed and v >> (f.width - 1):
             v -= 1 << f.width
-        out[f.name] = v
+        out[f.name] = f.enum(v) if f.enum is not None else v
     return out
 
 

@@ -2,8 +2,14 @@
 
 A :class:`ChipConfig` is a tree of frozen dataclasses. The RTL elaborates from it, the golden
 model and the physics emulator compute with it, and :attr:`ChipConfig.datapath` derives the
-integer widths and loop counts they all share. Every field is checked at construction; an
-out-of-range value raises :class:`~cimstack.errors.ConfigError` naming the field and the range.
+integer widths and loop counts they all share.
+
+Every field is declared once, with :func:`spec`: its default, the range or choices it allows
+and its one-line meaning sit beside it (a :class:`FieldSpec` in the field's metadata, which
+also feeds the generated reference docs/config.md). At construction one loop checks every
+field against its spec; an out-of-range value raises :class:`~cimstack.errors.ConfigError`
+naming the field and the range. The checks of how fields fit together follow, each a named
+``_check_*`` method of the dataclass that holds the fields.
 """
 from __future__ import annotations
 
@@ -12,18 +18,20 @@ import functools
 import hashlib
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import tomli_w
 
+from cimstack.chip.enums import InputEncoding
 from cimstack.errors import ConfigError
 
 __all__ = [
     "ArrayConfig", "CellConfig", "MappingConfig", "InputConfig", "AdcConfig", "PostConfig",
     "DeviceConfig", "ClockConfig", "SocConfig", "ChipConfig", "Datapath", "InputMode", "INPUT_MODES", "PRESETS", "preset", "load",
-    "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA", "allowed_values",
+    "NOISE_FRAC_BITS", "IRWIN_HALL_SIGMA", "FieldSpec", "spec",
 ]
 
 #: Fixed-point fraction of the noise scale factors (read noise, cycle-to-cycle pulse noise).
@@ -32,49 +40,86 @@ NOISE_FRAC_BITS = 16
 #: xorshift32 output minus 510 (Irwin-Hall, n=4): sqrt(4 * (256**2 - 1) / 12).
 IRWIN_HALL_SIGMA = math.sqrt(4 * (256 ** 2 - 1) / 12)
 
-
-#: while not None, every field check records the range or choices it allowed, keyed
-#: "section.field" (:func:`allowed_values`, for the generated config reference)
-_allowed: dict[str, Any] | None = None
-
-
-def allowed_values() -> dict[str, Any]:
-    """What each field's check allows: ``(lo, hi)`` or a tuple of choices, keyed
-    ``"section.field"``. Ranges that depend on another field (``input.dac_bits`` up to
-    ``input.bits``, ``adc.offset`` by ``adc.bits``) are given at the default config."""
-    global _allowed
-    _allowed = {}
-    try:
-        ChipConfig()
-        return dict(_allowed)
-    finally:
-        _allowed = None
+#: A range bound: a number, or a function of the dataclass holding the field, for a range that
+#: depends on a field declared before it (``array.spare_rows`` below ``array.rows``).
+Bound = int | float | Callable[[Any], int | float]
 
 
-def _check_int(section: str, name: str, value: Any, lo: int, hi: int) -> None:
-    if _allowed is not None:
-        _allowed[f"{section}.{name}"] = (lo, hi)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{section}.{name} must be an integer in {lo}..{hi}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{section}.{name} = {value} is out of range: allowed {lo}..{hi}")
+#: The input encodings a VMM may select; a mode's index is its hardware code.
+INPUT_MODES = tuple(e.config_name for e in InputEncoding)      # the TOML spellings, in code order
 
 
-def _check_float(section: str, name: str, value: Any, lo: float, hi: float) -> None:
-    if _allowed is not None:
-        _allowed[f"{section}.{name}"] = (lo, hi)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{section}.{name} must be a number in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{section}.{name} = {value} is out of range: allowed [{lo}, {hi}]")
+# -- field declarations and the per-field check ------------------------------------------------
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one config field allows and means; :func:`spec` puts it in the field's metadata.
+
+    ``kind`` is the type of the default (``int``, ``float``, ``bool`` or ``str``) and picks the
+    check: a number within ``lo`` .. ``hi``, one of ``choices``, a bool, or (a ``str`` without
+    choices) a non-empty string.
+    """
+
+    kind: str
+    doc: str
+    lo: Bound | None = None
+    hi: Bound | None = None
+    choices: tuple[str, ...] = ()
+
+    def bounds(self, section: Any) -> tuple[int | float, int | float]:
+        """``(lo, hi)`` for the dataclass ``section`` holding the field (a bound that depends on
+        another field is evaluated there)."""
+        return tuple(b(section) if callable(b) else b for b in (self.lo, self.hi))
+
+    def check(self, path: str, value: Any, section: Any) -> None:
+        """Raise :class:`ConfigError` naming ``path`` (e.g. ``adc.bits``) and the range unless
+        ``value`` is allowed."""
+        if self.choices:
+            if value not in self.choices:
+                raise ConfigError(f"{path} = {value!r} is not one of {', '.join(self.choices)}")
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path} must be true or false, got {value!r}")
+        elif self.kind == "str":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path} must be a non-empty string, got {value!r}")
+        elif self.kind == "int":
+            lo, hi = self.bounds(section)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{path} must be an integer in {lo}..{hi}, got {value!r}")
+            if not lo <= value <= hi:
+                raise ConfigError(f"{path} = {value} is out of range: allowed {lo}..{hi}")
+        else:
+            lo, hi = self.bounds(section)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ConfigError(f"{path} must be a number in [{lo}, {hi}], got {value!r}")
+            if not lo <= value <= hi:
+                raise ConfigError(f"{path} = {value} is out of range: allowed [{lo}, {hi}]")
 
 
-def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if _allowed is not None:
-        _allowed[f"{section}.{name}"] = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(choices)}")
+def spec(default: Any, *, doc: str, lo: Bound | None = None, hi: Bound | None = None,
+         choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with ``default`` and its :class:`FieldSpec` (``metadata["spec"]``):
+    ``doc`` its meaning, ``lo``/``hi`` its inclusive range (numbers) or ``choices`` (strings)."""
+    kind = type(default).__name__
+    if kind not in ("int", "float", "bool", "str"):
+        raise TypeError(f"a config field's default must be an int, float, bool or str, got {default!r}")
+    if kind in ("int", "float") and (lo is None or hi is None):
+        raise TypeError(f"a numeric config field needs lo and hi ({doc!r})")
+    return field(default=default, metadata={"spec": FieldSpec(kind, doc, lo, hi, tuple(choices))})
 
+
+def _check_fields(obj: Any, section: str) -> None:
+    """Check every field of the dataclass ``obj`` that has a :class:`FieldSpec`, in declaration
+    order (so a bound may read an earlier field); ``section`` prefixes the names in errors
+    (``""`` at the top level)."""
+    for f in fields(obj):
+        s = f.metadata.get("spec")
+        if s is not None:
+            s.check(f"{section}.{f.name}" if section else f.name, getattr(obj, f.name), obj)
+
+
+# -- sections -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ArrayConfig:
@@ -90,32 +135,21 @@ class ArrayConfig:
     over the same arrays, so they are left out of the config hash the gateware carries.
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'tiles': 'tiles (crossbar arrays) on the chip',
-        'rows': 'word lines per tile',
-        'cols': 'logical weight columns per tile',
-        'mac_lanes': 'column units accumulated in parallel; divides cols x slices and is a multiple of the slices',
-        'adc_share': 'column units per ADC (conversion time only); divides mac_lanes',
-        'spare_rows': 'word lines per tile held back to replace rows with cells that fail to program (less than rows)',
-        'spare_cols': 'logical columns per tile held back to replace columns with cells that fail to program (less than cols)',
-    }
-
-    tiles: int = 4
-    rows: int = 64
-    cols: int = 64
-    mac_lanes: int = 16
-    adc_share: int = 4
-    spare_rows: int = 0
-    spare_cols: int = 0
+    tiles: int = spec(4, lo=1, hi=48, doc="tiles (crossbar arrays) on the chip")
+    rows: int = spec(64, lo=1, hi=4096, doc="word lines per tile")
+    cols: int = spec(64, lo=1, hi=4096, doc="logical weight columns per tile")
+    mac_lanes: int = spec(16, lo=1, hi=512, doc="column units accumulated in parallel; divides cols x slices "
+                                                "and is a multiple of the slices")
+    adc_share: int = spec(4, lo=1, hi=512, doc="column units per ADC (conversion time only); divides mac_lanes")
+    spare_rows: int = spec(0, lo=0, hi=lambda a: a.rows - 1,
+                           doc="word lines per tile held back to replace rows with cells that fail to program "
+                               "(less than rows)")
+    spare_cols: int = spec(0, lo=0, hi=lambda a: a.cols - 1,
+                           doc="logical columns per tile held back to replace columns with cells that fail to "
+                               "program (less than cols)")
 
     def __post_init__(self):
-        _check_int("array", "tiles", self.tiles, 1, 48)
-        _check_int("array", "rows", self.rows, 1, 4096)
-        _check_int("array", "cols", self.cols, 1, 4096)
-        _check_int("array", "mac_lanes", self.mac_lanes, 1, 512)
-        _check_int("array", "adc_share", self.adc_share, 1, 512)
-        _check_int("array", "spare_rows", self.spare_rows, 0, self.rows - 1)
-        _check_int("array", "spare_cols", self.spare_cols, 0, self.cols - 1)
+        _check_fields(self, "array")
 
     @property
     def usable_rows(self) -> int:
@@ -137,17 +171,11 @@ class CellConfig:
     than one level.
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'cell_bits': 'conductance code bits per cell (2**bits levels)',
-        'frac_bits': 'extra state bits below the code, for fine pulse updates',
-    }
-
-    cell_bits: int = 4
-    frac_bits: int = 4
+    cell_bits: int = spec(4, lo=1, hi=8, doc="conductance code bits per cell (2**bits levels)")
+    frac_bits: int = spec(4, lo=0, hi=8, doc="extra state bits below the code, for fine pulse updates")
 
     def __post_init__(self):
-        _check_int("cell", "cell_bits", self.cell_bits, 1, 8)
-        _check_int("cell", "frac_bits", self.frac_bits, 0, 8)
+        _check_fields(self, "cell")
 
 
 @dataclass(frozen=True)
@@ -159,17 +187,13 @@ class MappingConfig:
     column holds the mid code and is subtracted on the bit line.
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'weight_bits': 'signed weight width',
-        'scheme': '`differential` (G+/G- pair, digits of \\|w\\|) or `offset` (balanced digits and a reference column)',
-    }
-
-    weight_bits: int = 8
-    scheme: str = "differential"
+    weight_bits: int = spec(8, lo=2, hi=16, doc="signed weight width")
+    scheme: str = spec("differential", choices=("differential", "offset"),
+                       doc="`differential` (G+/G- pair, digits of \\|w\\|) or `offset` (balanced digits "
+                           "and a reference column)")
 
     def __post_init__(self):
-        _check_int("mapping", "weight_bits", self.weight_bits, 2, 16)
-        _check_choice("mapping", "scheme", self.scheme, ("differential", "offset"))
+        _check_fields(self, "mapping")
 
 
 @dataclass(frozen=True)
@@ -182,27 +206,26 @@ class InputConfig:
     ``v_read`` is the word-line voltage of one input unit (used by the physics emulator).
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'bits': 'signed input width (unary mode: at most 8)',
-        'mode': 'default input encoding; each VMM may select another at run time',
-        'dac_bits': 'DAC digit width in amplitude mode (1 otherwise)',
-        'v_read': 'word-line voltage of one input unit (V), physics emulator',
-    }
-
-    bits: int = 8
-    mode: str = "bit_serial"
-    dac_bits: int = 1
-    v_read: float = 0.1
+    bits: int = spec(8, lo=2, hi=16, doc="signed input width (unary mode: at most 8)")
+    mode: str = spec("bit_serial", choices=INPUT_MODES,
+                     doc="default input encoding; each VMM may select another at run time")
+    dac_bits: int = spec(1, lo=1, hi=lambda i: i.bits, doc="DAC digit width in amplitude mode (1 otherwise)")
+    v_read: float = spec(0.1, lo=1e-3, hi=2.0, doc="word-line voltage of one input unit (V), physics emulator")
 
     def __post_init__(self):
-        _check_int("input", "bits", self.bits, 2, 16)
-        _check_choice("input", "mode", self.mode, ("bit_serial", "amplitude", "unary"))
-        _check_int("input", "dac_bits", self.dac_bits, 1, self.bits)
+        _check_fields(self, "input")
+        self._check_dac_bits_need_amplitude()
+        self._check_unary_bits()
+
+    def _check_dac_bits_need_amplitude(self) -> None:
+        """``input.dac_bits`` is 1 unless the mode is ``amplitude`` (bit_serial drives one bit)."""
         if self.mode == "bit_serial" and self.dac_bits != 1:
             raise ConfigError(f"input.dac_bits = {self.dac_bits} needs input.mode = 'amplitude'; bit_serial uses 1")
+
+    def _check_unary_bits(self) -> None:
+        """Unary mode takes at most 8-bit inputs (2**(bits-1)-1 pulses per VMM)."""
         if self.mode == "unary" and self.bits > 8:
             raise ConfigError(f"input.bits = {self.bits} is out of range for unary mode: allowed 2..8 (2**(bits-1)-1 pulses)")
-        _check_float("input", "v_read", self.v_read, 1e-3, 2.0)
 
 
 @dataclass(frozen=True)
@@ -212,51 +235,28 @@ class AdcConfig:
     ``gain`` models the integration time (OpenCIMTC's IT 1..63) and is a run-time register.
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'bits': 'ADC output width',
-        'gain': 'integration-time gain (run-time register)',
-        'gain_shift': 'the gain is gain / 2**gain_shift',
-        'offset': 'ADC offset in codes (run-time register)',
-    }
-
-    bits: int = 8
-    gain: int = 8
-    gain_shift: int = 4
-    offset: int = 0
+    bits: int = spec(8, lo=2, hi=16, doc="ADC output width")
+    gain: int = spec(8, lo=1, hi=255, doc="integration-time gain (run-time register)")
+    gain_shift: int = spec(4, lo=0, hi=16, doc="the gain is gain / 2**gain_shift")
+    offset: int = spec(0, lo=lambda a: -(1 << (a.bits - 1)), hi=lambda a: (1 << (a.bits - 1)) - 1,
+                       doc="ADC offset in codes (run-time register)")
 
     def __post_init__(self):
-        _check_int("adc", "bits", self.bits, 2, 16)
-        _check_int("adc", "gain", self.gain, 1, 255)
-        _check_int("adc", "gain_shift", self.gain_shift, 0, 16)
-        half = 1 << (self.bits - 1)
-        _check_int("adc", "offset", self.offset, -half, half - 1)
+        _check_fields(self, "adc")
 
 
 @dataclass(frozen=True)
 class PostConfig:
     """Digital post-processing of each column: ((y + bias) * scale) >> shift, ReLU, saturate."""
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'out_bits': 'saturation width of the tile outputs',
-        'bias_bits': 'width of the per-column bias',
-        'scale_bits': 'width of the per-column scale',
-        'shift': 'right shift after scaling',
-        'relu': 'ReLU at reset (run-time register)',
-    }
-
-    out_bits: int = 24
-    bias_bits: int = 16
-    scale_bits: int = 8
-    shift: int = 0
-    relu: bool = False
+    out_bits: int = spec(24, lo=2, hi=32, doc="saturation width of the tile outputs")
+    bias_bits: int = spec(16, lo=2, hi=24, doc="width of the per-column bias")
+    scale_bits: int = spec(8, lo=1, hi=16, doc="width of the per-column scale")
+    shift: int = spec(0, lo=0, hi=24, doc="right shift after scaling")
+    relu: bool = spec(False, doc="ReLU at reset (run-time register)")
 
     def __post_init__(self):
-        _check_int("post", "out_bits", self.out_bits, 2, 32)
-        _check_int("post", "bias_bits", self.bias_bits, 2, 24)
-        _check_int("post", "scale_bits", self.scale_bits, 1, 16)
-        _check_int("post", "shift", self.shift, 0, 24)
-        if not isinstance(self.relu, bool):
-            raise ConfigError(f"post.relu must be true or false, got {self.relu!r}")
+        _check_fields(self, "post")
 
 
 @dataclass(frozen=True)
@@ -273,85 +273,58 @@ class DeviceConfig:
     (in state LSBs) of a unit-amplitude SET pulse on a cell at zero conductance (soft bounds).
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'model': '`generic` (the constant sigmas below) or `pcm` (Joshi et al. 2020 statistics)',
-        'g_min_us': 'lowest conductance (µS)',
-        'g_max_us': 'highest conductance (µS)',
-        'prog_noise_sigma': 'programming noise σ / g_max (generic model)',
-        'read_noise_sigma': 'per-cell read noise σ / g (generic model); in the RTL, the write-verify read noise σ / full scale',
-        'output_noise_lsb': 'on-chip read noise per ADC conversion, σ in code x input units (PRNG-driven in the RTL)',
-        'drift_nu': 'mean drift exponent ν (generic model)',
-        'drift_nu_std': 'device-to-device σ of ν',
-        'drift_t0_s': 'drift reference time t0 (s)',
-        'stuck_at_0_rate': 'probability that a cell is stuck at g_min',
-        'stuck_at_gmax_rate': 'probability that a cell is stuck at g_max',
-        'd2d_sigma': 'device-to-device conductance variation (relative)',
-        'pulse_step_lsb': 'soft-bounds step of a unit SET pulse at G = 0, in state LSBs',
-        'pulse_c2c_sigma': 'cycle-to-cycle noise of a pulse step (relative)',
-        'pulse_max_amplitude': 'largest write-verify pulse amplitude',
-        'iv_a1': 'I-V nonlinearity x -> a1 + a2 x + a3 sign(x) x², constant term',
-        'iv_a2': 'I-V nonlinearity, linear term',
-        'iv_a3': 'I-V nonlinearity, quadratic term',
-        'wire_resistance_ohm': 'wire segment resistance (Ω); above 0 the emulator solves IR drop and compile corrects for it',
-    }
-
-    model: str = "generic"
-    g_min_us: float = 0.1
-    g_max_us: float = 10.0
-    prog_noise_sigma: float = 0.01
-    read_noise_sigma: float = 0.0
-    output_noise_lsb: float = 0.5
-    drift_nu: float = 0.0
-    drift_nu_std: float = 0.0
-    drift_t0_s: float = 20.0
-    stuck_at_0_rate: float = 0.0
-    stuck_at_gmax_rate: float = 0.0
-    d2d_sigma: float = 0.0
-    pulse_step_lsb: float = 4.0
-    pulse_c2c_sigma: float = 0.1
-    pulse_max_amplitude: int = 7
-    iv_a1: float = 0.0
-    iv_a2: float = 1.0
-    iv_a3: float = 0.0
-    wire_resistance_ohm: float = 0.0
+    model: str = spec("generic", choices=("generic", "pcm"),
+                      doc="`generic` (the constant sigmas below) or `pcm` (Joshi et al. 2020 statistics)")
+    g_min_us: float = spec(0.1, lo=0.0, hi=1e4, doc="lowest conductance (µS)")
+    g_max_us: float = spec(10.0, lo=1e-3, hi=1e4, doc="highest conductance (µS)")
+    prog_noise_sigma: float = spec(0.01, lo=0.0, hi=1.0, doc="programming noise σ / g_max (generic model)")
+    read_noise_sigma: float = spec(0.0, lo=0.0, hi=1.0,
+                                   doc="per-cell read noise σ / g (generic model); in the RTL, the write-verify "
+                                       "read noise σ / full scale")
+    output_noise_lsb: float = spec(0.5, lo=0.0, hi=256.0,
+                                   doc="on-chip read noise per ADC conversion, σ in code x input units "
+                                       "(PRNG-driven in the RTL)")
+    drift_nu: float = spec(0.0, lo=0.0, hi=1.0, doc="mean drift exponent ν (generic model)")
+    drift_nu_std: float = spec(0.0, lo=0.0, hi=1.0, doc="device-to-device σ of ν")
+    drift_t0_s: float = spec(20.0, lo=1e-9, hi=1e9, doc="drift reference time t0 (s)")
+    stuck_at_0_rate: float = spec(0.0, lo=0.0, hi=0.5, doc="probability that a cell is stuck at g_min")
+    stuck_at_gmax_rate: float = spec(0.0, lo=0.0, hi=0.5, doc="probability that a cell is stuck at g_max")
+    d2d_sigma: float = spec(0.0, lo=0.0, hi=1.0, doc="device-to-device conductance variation (relative)")
+    pulse_step_lsb: float = spec(4.0, lo=1 / 16, hi=4096.0,
+                                 doc="soft-bounds step of a unit SET pulse at G = 0, in state LSBs")
+    pulse_c2c_sigma: float = spec(0.1, lo=0.0, hi=1.0, doc="cycle-to-cycle noise of a pulse step (relative)")
+    pulse_max_amplitude: int = spec(7, lo=1, hi=255, doc="largest write-verify pulse amplitude")
+    iv_a1: float = spec(0.0, lo=-10.0, hi=10.0,
+                        doc="I-V nonlinearity x -> a1 + a2 x + a3 sign(x) x², constant term")
+    iv_a2: float = spec(1.0, lo=-10.0, hi=10.0, doc="I-V nonlinearity, linear term")
+    iv_a3: float = spec(0.0, lo=-10.0, hi=10.0, doc="I-V nonlinearity, quadratic term")
+    wire_resistance_ohm: float = spec(0.0, lo=0.0, hi=1e3,
+                                      doc="wire segment resistance (Ω); above 0 the emulator solves IR drop "
+                                          "and compile corrects for it")
 
     def __post_init__(self):
-        s = "device"
-        _check_choice(s, "model", self.model, ("generic", "pcm"))
-        _check_float(s, "g_min_us", self.g_min_us, 0.0, 1e4)
-        _check_float(s, "g_max_us", self.g_max_us, 1e-3, 1e4)
+        _check_fields(self, "device")
+        self._check_conductance_range()
+
+    def _check_conductance_range(self) -> None:
+        """``device.g_max_us`` exceeds ``device.g_min_us``."""
         if self.g_max_us <= self.g_min_us:
             raise ConfigError(f"device.g_max_us = {self.g_max_us} must exceed device.g_min_us = {self.g_min_us}")
-        for name in ("prog_noise_sigma", "read_noise_sigma", "d2d_sigma", "pulse_c2c_sigma"):
-            _check_float(s, name, getattr(self, name), 0.0, 1.0)
-        _check_float(s, "output_noise_lsb", self.output_noise_lsb, 0.0, 256.0)
-        _check_float(s, "drift_nu", self.drift_nu, 0.0, 1.0)
-        _check_float(s, "drift_nu_std", self.drift_nu_std, 0.0, 1.0)
-        _check_float(s, "drift_t0_s", self.drift_t0_s, 1e-9, 1e9)
-        _check_float(s, "stuck_at_0_rate", self.stuck_at_0_rate, 0.0, 0.5)
-        _check_float(s, "stuck_at_gmax_rate", self.stuck_at_gmax_rate, 0.0, 0.5)
-        _check_float(s, "pulse_step_lsb", self.pulse_step_lsb, 1 / 16, 4096.0)
-        _check_int(s, "pulse_max_amplitude", self.pulse_max_amplitude, 1, 255)
-        for name in ("iv_a1", "iv_a2", "iv_a3"):
-            _check_float(s, name, getattr(self, name), -10.0, 10.0)
-        _check_float(s, "wire_resistance_ohm", self.wire_resistance_ohm, 0.0, 1e3)
 
 
 @dataclass(frozen=True)
 class ClockConfig:
     """System clock of the SoC and the host UART rate."""
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'clock_hz': 'SoC clock (Hz); at least 4x uart_baud',
-        'uart_baud': 'host UART rate (baud)',
-    }
-
-    clock_hz: int = 25_000_000
-    uart_baud: int = 115_200
+    clock_hz: int = spec(25_000_000, lo=1_000_000, hi=500_000_000, doc="SoC clock (Hz); at least 4x uart_baud")
+    uart_baud: int = spec(115_200, lo=1200, hi=12_000_000, doc="host UART rate (baud)")
 
     def __post_init__(self):
-        _check_int("clock", "clock_hz", self.clock_hz, 1_000_000, 500_000_000)
-        _check_int("clock", "uart_baud", self.uart_baud, 1200, 12_000_000)
+        _check_fields(self, "clock")
+        self._check_uart_oversampling()
+
+    def _check_uart_oversampling(self) -> None:
+        """``clock.clock_hz`` is at least 4 x ``clock.uart_baud`` (the UART samples each bit)."""
         if self.clock_hz < 4 * self.uart_baud:
             raise ConfigError(f"clock.uart_baud = {self.uart_baud} needs clock.clock_hz >= 4x baud, got {self.clock_hz}")
 
@@ -366,26 +339,13 @@ class SocConfig:
     ``instr_words`` 64-bit words of sequencer program memory.
     """
 
-    DOCS: ClassVar[dict[str, str]] = {
-        'act_words': 'activation buffer, 32-bit words',
-        'wv_jobs': 'write-verify job list entries per run',
-        'max_payload': 'largest frame payload the host bridge buffers (bytes)',
-        'instr_words': 'sequencer program memory, 64-bit instructions',
-    }
-
-    act_words: int = 4096
-    wv_jobs: int = 1024
-    max_payload: int = 1024
-    instr_words: int = 256
+    act_words: int = spec(4096, lo=16, hi=65536, doc="activation buffer, 32-bit words")
+    wv_jobs: int = spec(1024, lo=1, hi=65536, doc="write-verify job list entries per run")
+    max_payload: int = spec(1024, lo=64, hi=16384, doc="largest frame payload the host bridge buffers (bytes)")
+    instr_words: int = spec(256, lo=4, hi=4096, doc="sequencer program memory, 64-bit instructions")
 
     def __post_init__(self):
-        _check_int("soc", "act_words", self.act_words, 16, 65536)
-        _check_int("soc", "instr_words", self.instr_words, 4, 4096)
-        _check_int("soc", "wv_jobs", self.wv_jobs, 1, 65536)
-        _check_int("soc", "max_payload", self.max_payload, 64, 16384)
-
-
-INPUT_MODES = ("bit_serial", "amplitude", "unary")      # index = the mode's hardware code
+        _check_fields(self, "soc")
 
 
 @dataclass(frozen=True)
@@ -393,7 +353,7 @@ class InputMode:
     """How one input mode expands a VMM's inputs into pulses (selectable per VMM at run time)."""
 
     name: str
-    code: int              # hardware encoding (index in INPUT_MODES)
+    code: InputEncoding    # hardware encoding
     pulses: int            # input pulses per VMM
     pulse_shift: int       # shift between successive pulses' partial results (0 for unary)
     digit_min: int         # most negative input digit of one pulse
@@ -448,13 +408,13 @@ class Datapath:
 def _mode_info(name: str, bits: int, dac_bits: int) -> InputMode:
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if name == "unary":
-        return InputMode(name, INPUT_MODES.index(name), (1 << (bits - 1)) - 1, 0, -1, 1, lo + 1, hi)
+        return InputMode(name, InputEncoding.from_config(name), (1 << (bits - 1)) - 1, 0, -1, 1, lo + 1, hi)
     db = 1 if name == "bit_serial" else dac_bits
     pulses = math.ceil(bits / db)
     top_bits = bits - db * (pulses - 1)      # the signed top digit's width
     dmin = -(1 << (top_bits - 1))
     dmax = max((1 << db) - 1 if pulses > 1 else 0, (1 << (top_bits - 1)) - 1)
-    return InputMode(name, INPUT_MODES.index(name), pulses, db, dmin, dmax, lo, hi)
+    return InputMode(name, InputEncoding.from_config(name), pulses, db, dmin, dmax, lo, hi)
 
 
 def _signed_bits(lo: int, hi: int) -> int:
@@ -470,12 +430,7 @@ class ChipConfig:
     """The whole chip. Build it from a preset (:func:`preset`), a TOML file (:func:`load`) or
     directly; derive variants with :meth:`replace`."""
 
-    DOCS: ClassVar[dict[str, str]] = {
-        "name": "config name (also names build folders)",
-        "seed": "seed of the chip instance and of every on-chip PRNG stream",
-    }
-
-    name: str = "default"
+    name: str = spec("default", doc="config name (also names build folders)")
     array: ArrayConfig = field(default_factory=ArrayConfig)
     cell: CellConfig = field(default_factory=CellConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
@@ -485,14 +440,24 @@ class ChipConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     soc: SocConfig = field(default_factory=SocConfig)
-    seed: int = 1
+    seed: int = spec(1, lo=0, hi=2**32 - 1, doc="seed of the chip instance and of every on-chip PRNG stream")
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
-        _check_int("chip", "seed", self.seed, 0, 2**32 - 1)
-        dp = self.datapath
-        a = self.array
+        _check_fields(self, "")          # each section has checked its own fields
+        self._check_offset_cell_bits()  # before the datapath, which needs it
+        self._check_mac_lanes()
+        self._check_adc_share()
+        self._check_noise_scalers()
+        self._check_accumulator_width()
+
+    def _check_offset_cell_bits(self) -> None:
+        """The offset scheme needs ``cell.cell_bits`` >= 2 (a reference code with a digit below it)."""
+        if self.mapping.scheme == "offset" and self.cell.cell_bits < 2:
+            raise ConfigError("cell.cell_bits = 1 is out of range for the offset scheme: allowed 2..8")
+
+    def _check_mac_lanes(self) -> None:
+        """``array.mac_lanes`` divides the column units and is a multiple of the weight slices."""
+        a, dp = self.array, self.datapath
         if dp.units % a.mac_lanes:
             raise ConfigError(
                 f"array.mac_lanes = {a.mac_lanes} must divide the {dp.units} column units "
@@ -501,21 +466,36 @@ class ChipConfig:
             raise ConfigError(
                 f"array.mac_lanes = {a.mac_lanes} must be a multiple of the {dp.slices} weight slices "
                 f"so a column's slices are accumulated together")
+
+    def _check_adc_share(self) -> None:
+        """``array.adc_share`` divides ``array.mac_lanes``."""
+        a = self.array
         if a.mac_lanes % a.adc_share:
             raise ConfigError(f"array.adc_share = {a.adc_share} must divide array.mac_lanes = {a.mac_lanes}")
+
+    def _check_noise_scalers(self) -> None:
+        """The RTL's fixed-point noise scales fit their registers: the output noise (from
+        ``device.output_noise_lsb``) under 2**20, the write-verify read noise (from
+        ``device.read_noise_sigma`` and the cell's state bits) under 2**16."""
+        dp = self.datapath
         if dp.read_noise_q >= 1 << 20:
             raise ConfigError(f"device.output_noise_lsb = {self.device.output_noise_lsb} is too large for the RTL noise scaler")
         if dp.verify_noise_q >= 1 << 16:
             raise ConfigError(f"device.read_noise_sigma = {self.device.read_noise_sigma} is too large for the write-verify read noise scaler")
-        if dp.acc_bits > 48:
-            raise ConfigError(f"the column accumulator would need {dp.acc_bits} bits (> 48): reduce array.rows, input.bits or mapping.weight_bits")
+
+    def _check_accumulator_width(self) -> None:
+        """The column accumulator (from ``array.rows``, ``input.bits`` and ``mapping.weight_bits``)
+        fits in 48 bits."""
+        if self.datapath.acc_bits > 48:
+            raise ConfigError(f"the column accumulator would need {self.datapath.acc_bits} bits (> 48): "
+                              f"reduce array.rows, input.bits or mapping.weight_bits")
 
     # -- derived ---------------------------------------------------------------------------
     @functools.cached_property
     def datapath(self) -> Datapath:
         return _derive(self)
 
-    def replace(self, **changes: Any) -> "ChipConfig":
+    def replace(self, **changes: Any) -> ChipConfig:
         """A copy with top-level fields replaced; sections may be given as dicts of changes."""
         resolved = {}
         for key, value in changes.items():
@@ -536,7 +516,7 @@ class ChipConfig:
         Path(path).write_text(self.to_toml())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ChipConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ChipConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a chip config must be a table, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
@@ -554,7 +534,7 @@ class ChipConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_toml(cls, text: str, source: str = "<string>") -> "ChipConfig":
+    def from_toml(cls, text: str, source: str = "<string>") -> ChipConfig:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -572,11 +552,8 @@ def _build_section(ftype: type, values: dict[str, Any], section: str, base: Any 
     return replace(base, **values)
 
 
-_SECTIONS = {
-    "array": ArrayConfig, "cell": CellConfig, "mapping": MappingConfig, "input": InputConfig,
-    "adc": AdcConfig, "post": PostConfig, "device": DeviceConfig, "clock": ClockConfig,
-    "soc": SocConfig,
-}
+#: TOML table name -> section dataclass, as ChipConfig declares them
+_SECTIONS = {f.name: f.default_factory for f in fields(ChipConfig) if f.default_factory is not dataclasses.MISSING}
 
 
 def _derive(cfg: ChipConfig) -> Datapath:
@@ -588,9 +565,7 @@ def _derive(cfg: ChipConfig) -> Datapath:
         wmax = (1 << (m.weight_bits - 1)) - 1
         wmin = -wmax
         cell_diff_min, cell_diff_max = -code_max, code_max
-    else:
-        if c.cell_bits < 2:
-            raise ConfigError("cell.cell_bits = 1 is out of range for the offset scheme: allowed 2..8")
+    else:                               # cell_bits >= 2: ChipConfig._check_offset_cell_bits
         # balanced digits reach (ref_code - 1) * sum_s 2**(s*cb): add slices until w_max fits
         cells_per_unit, ref_code = 1, 1 << (c.cell_bits - 1)
         slices = 1

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cimstack.chip.bitfields import Field, pack, unpack
-from cimstack.chip.config import INPUT_MODES, ChipConfig
+from cimstack.chip.config import ChipConfig
+from cimstack.chip.enums import InputEncoding
 from cimstack.errors import InputRangeError
 
 __all__ = ["Field", "Opcode", "OPCODES", "Instr", "assemble", "disassemble", "check_program",
-           "HALT", "VMM", "POST", "COPY", "FILL", "LOOP", "isa_markdown", "mode_name",
+           "HALT", "VMM", "POST", "COPY", "FILL", "LOOP", "OP_FIELD", "isa_markdown", "mode_name",
            "mode_field"]
 
 
@@ -28,6 +29,7 @@ class Opcode:
 
 
 OP_BITS = 4
+OP_FIELD = Field("op", 0, OP_BITS, "opcode")       # below every opcode's fields
 HALT, VMM, POST, COPY, FILL, LOOP = range(6)
 
 OPCODES: dict[str, Opcode] = {o.name: o for o in (
@@ -73,12 +75,14 @@ BY_CODE = {o.code: o for o in OPCODES.values()}
 
 
 def mode_name(field_value: int) -> str | None:
-    """The input mode a VMM's ``mode`` field selects (``None``: the config's own)."""
-    return None if field_value == 0 else INPUT_MODES[field_value - 1]
+    """The input mode a VMM's ``mode`` field (instruction ``VMM``, register ``VMM_FLAGS``)
+    selects: ``None`` for 0, the config's own; else the :class:`InputEncoding` ``field - 1``."""
+    return None if field_value == 0 else InputEncoding(field_value - 1).config_name
 
 
 def mode_field(name: str | None) -> int:
-    return 0 if name is None else INPUT_MODES.index(name) + 1
+    """The ``mode`` field value that selects input mode ``name`` (``None``: the config's own)."""
+    return 0 if name is None else InputEncoding.from_config(name) + 1
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,15 @@ from cimstack.chip import prng
 from cimstack.chip.bitfields import Field, index_bits, pack, unpack
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.datapath import memory_word_bits
+from cimstack.chip.enums import Polarity, WriteVerifyStatus
 
 __all__ = ["Field", "Register", "MemorySpace", "RegisterMap", "register_map", "ID_MAGIC",
-           "PROTOCOL_VERSION", "TILE_REG_BASE", "TILE_REG_STRIDE", "WV_CONVERGED", "WV_FAILED",
-           "WV_STUCK", "WV_JOB_FIELDS", "WV_RESULT_FIELDS"]
+           "PROTOCOL_VERSION", "TILE_REG_BASE", "TILE_REG_STRIDE", "WV_JOB_FIELDS", "WV_RESULT_FIELDS"]
 
 ID_MAGIC = 0x434D5343            # "CSMC" little-endian bytes: b"CSMC"
 PROTOCOL_VERSION = (3, 0)
 TILE_REG_BASE = 0x100
 TILE_REG_STRIDE = 0x10
-
-# write-verify result status
-WV_PENDING, WV_CONVERGED, WV_FAILED, WV_STUCK = 0, 1, 2, 3
 
 # words of the WV_JOBS and WV_RESULTS memory spaces (contiguous from bit 0: the RTL's layouts)
 WV_JOB_FIELDS = (
@@ -45,7 +42,8 @@ WV_JOB_FIELDS = (
     Field("cell", 56, 1, "0 G+, 1 G-"),
 )
 WV_RESULT_FIELDS = (
-    Field("status", 0, 2, "0 pending, 1 converged, 2 failed, 3 stuck"), Field("reserved", 2, 2, "0"),
+    Field("status", 0, 2, "0 pending, 1 converged, 2 failed, 3 stuck", enum=WriteVerifyStatus),
+    Field("reserved", 2, 2, "0"),
     Field("pulses", 4, 12, "pulses applied"), Field("error", 16, 16, "last read minus target", signed=True),
 )
 
@@ -87,8 +85,8 @@ class MemorySpace:
     tile: int | None = None
 
 
-def _f(name, offset, width, doc, signed=False) -> Field:
-    return Field(name, offset, width, doc, signed)
+def _f(name, offset, width, doc, signed=False, enum=None) -> Field:
+    return Field(name, offset, width, doc, signed, enum)
 
 
 def _whole(doc: str, signed: bool = False) -> tuple[Field, ...]:
@@ -121,10 +119,14 @@ class RegisterMap:
         raise KeyError(f"no memory space {name!r}")
 
     def to_json(self) -> str:
+        def register(r: Register) -> dict:
+            # a field's enum is the RTL's and the host's business, not the file's
+            return asdict(r) | {"fields": [{k: v for k, v in asdict(f).items() if k != "enum"} for f in r.fields]}
+
         return json.dumps({
             "config": self.config_name, "config_hash": f"0x{self.config_hash:08x}",
             "protocol_version": list(PROTOCOL_VERSION),
-            "registers": [asdict(r) for r in self.registers],
+            "registers": [register(r) for r in self.registers],
             "memory_spaces": [asdict(s) for s in self.spaces],
         }, indent=2)
 
@@ -227,7 +229,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
                   _f("lane", 8, index_bits(a.mac_lanes), "lane in the group"))),
         Register("CELL_OP", 0x022, "wo", "Start a single-cell operation; poll STATUS.cell_busy.",
                  (_f("pulse", 0, 1, "0: read the cell (with verify read noise), 1: apply one pulse"),
-                  _f("polarity", 1, 1, "0 SET (conductance up), 1 RESET (down)"),
+                  _f("polarity", 1, 1, "0 SET (conductance up), 1 RESET (down)", enum=Polarity),
                   _f("amplitude", 8, 8, "pulse amplitude 1..device.pulse_max_amplitude"))),
         Register("CELL_RESULT", 0x023, "ro",
                  "Result of the last CELL_OP: the noisy read in state LSBs, or the state after a pulse.",
@@ -250,7 +252,7 @@ def register_map(cfg: ChipConfig) -> RegisterMap:
         MemorySpace("ACT", 0x00, 4, 32, s.act_words, "rw",
                     "Activation buffer: signed 32-bit inputs and outputs of VMMs."),
         MemorySpace("INSTR", 0x03, 8, 64, s.instr_words, "rw",
-                    "Sequencer program: 64-bit instructions (docs/sequencer.md)."),
+                    "Sequencer program: 64-bit instructions (docs/soc.md)."),
         # the job memory keeps the job layout's bits only (57): wider bits read back as 0
         MemorySpace("WV_JOBS", 0x01, 8, max(f.offset + f.width for f in WV_JOB_FIELDS), s.wv_jobs, "rw",
                     "Write-verify jobs: " + _layout(WV_JOB_FIELDS)),

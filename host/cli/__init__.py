@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from cimstack.errors import CimstackError
 from cimstack.cli.common import EXIT_INTERRUPTED, Run, exit_code, setup_logging
+from cimstack.errors import CimstackError
 
 __all__ = ["cli", "main"]
 

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import click
 
-from cimstack.errors import (BuildError, CimstackError, ConfigMismatchError, DeviceError, FlashError, LinkError,
-                             ProgrammingError, SimulationError)
+from cimstack.errors import (
+    BuildError,
+    CimstackError,
+    ConfigMismatchError,
+    DeviceError,
+    FlashError,
+    LinkError,
+    ProgrammingError,
+    SimulationError,
+)
 
 log = logging.getLogger("cimstack")
 
@@ -100,7 +108,7 @@ def model_options(f):
         click.option("--settings", "settings", type=click.Path(dir_okay=False, path_type=Path),
                      help="per-layer hardware settings from 'cimstack tune'"),
         click.option("--strategy", default="auto", show_default=True,
-                     help="placement strategy (auto, packed, layer_per_array, ...)"),
+                     help="placement strategy: auto, skyline or layer_per_array"),
         click.option("--trust-pickle", is_flag=True,
                      help="accept a whole pickled torch.nn.Module (unpickling runs code from the file)"),
     ]):
@@ -145,9 +153,9 @@ def prepare(model: Path, config: str, dataset: str | None, settings: Path | None
             trust_pickle: bool) -> Prepared:
     """Load the config, the model and its data, and compile (import, quantise, place)."""
     import cimstack
+    from cimstack.errors import ConfigError
     from cimstack.training.checkpoint import load_model
     from cimstack.zoo.datasets import load as load_dataset
-    from cimstack.errors import ConfigError
     if model.suffix == SAVED_SUFFIX:
         return _prepare_saved(model, config, dataset, settings, strategy)
     cfg = load_config(config)
@@ -168,10 +176,10 @@ def _prepare_saved(path: Path, config: str, dataset: str | None, settings: Path 
     """A deployment ``program --save`` wrote: its own config, placement and settings."""
     from click.core import ParameterSource
 
-    from cimstack.training.checkpoint import LoadedModel
-    from cimstack.zoo.datasets import load as load_dataset
     from cimstack.errors import ConfigError
     from cimstack.runtime.saved import load_deployment
+    from cimstack.training.checkpoint import LoadedModel
+    from cimstack.zoo.datasets import load as load_dataset
     dep = load_deployment(path)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("config") != ParameterSource.DEFAULT and load_config(config) != dep.cfg:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import cimstack
-from cimstack.zoo import models
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
 from cimstack.chip.config import load
+from cimstack.zoo import models
 
 
 def main(argv=None) -> int:

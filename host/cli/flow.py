@@ -7,9 +7,22 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cimstack.cli.common import (CALIBRATION_SAMPLES, SAVED_SUFFIX, CheckFailed, backend_option, config_option,
-                                 current, json_option, log, model_options, open_backend, prepare, report_folder,
-                                 report_option, write_report)
+from cimstack.cli.common import (
+    CALIBRATION_SAMPLES,
+    SAVED_SUFFIX,
+    CheckFailed,
+    backend_option,
+    config_option,
+    current,
+    json_option,
+    log,
+    model_options,
+    open_backend,
+    prepare,
+    report_folder,
+    report_option,
+    write_report,
+)
 
 
 def _placement_data(dep) -> dict:
@@ -50,8 +63,8 @@ def train(arch, width, dataset, epochs, lr, seed, hwa, hwa_epochs, config, out):
     """Train a reference network on a data set and write a checkpoint the other commands take."""
     import torch
 
-    from cimstack.zoo import models
     from cimstack.training.checkpoint import save_model
+    from cimstack.zoo import models
     from cimstack.zoo.datasets import load as load_dataset
     run = current()
     cls_shape = models.MODELS[arch][1]
@@ -69,8 +82,8 @@ def train(arch, width, dataset, epochs, lr, seed, hwa, hwa_epochs, config, out):
     result = {"model": arch, "dataset": dataset, "width": width, "seed": seed, "float": stats}
     cfg = None
     if hwa:
-        from cimstack.training import train_hwa
         from cimstack.cli.common import load_config
+        from cimstack.training import train_hwa
         cfg = load_config(config)
         run.say(f"hardware-aware fine-tune for {cfg.name} ...")
         result["hwa"] = train_hwa(model, split, cfg, epochs=hwa_epochs, seed=seed, progress=run.progress)
@@ -262,9 +275,9 @@ SWEEP_TIMES = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)   # seconds af
 
 def _sweep(run, prep, x, y, chips: int) -> tuple[dict, dict]:
     """Test accuracy on emulator chips against read noise and against time after programming."""
-    import cimstack
     from tqdm import tqdm
 
+    import cimstack
     from cimstack.backends import EmulatorBackend
     cfg = prep.cfg
     noise = np.zeros((chips, len(SWEEP_NOISE)))
@@ -324,10 +337,10 @@ Examples:
 def eval_(model, config, dataset, settings, strategy, trust_pickle, backend, max_pulses, tol, strict, baud,
           samples, min_accuracy, sweep, chips, no_program, report_dir):
     """Program a backend and measure test accuracy against the floating-point and quantised model."""
-    from cimstack.reports import plots
     from cimstack.errors import ConfigError
-    from cimstack.zoo.models import accuracy
+    from cimstack.reports import plots
     from cimstack.reports.page import Report
+    from cimstack.zoo.models import accuracy
     run = current()
     prep = prepare(model, config, dataset, settings, strategy, trust_pickle)
     dep, split = prep.dep, prep.split

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import click
 
-from cimstack.cli.common import (CheckFailed, busy, config_option, current, json_option, load_config, report_folder,
-                                 write_report)
+from cimstack.cli.common import (
+    CheckFailed,
+    busy,
+    config_option,
+    current,
+    json_option,
+    load_config,
+    report_folder,
+    write_report,
+)
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -204,9 +212,9 @@ Examples:
 @json_option
 def bitstream(board, config, out, seed, allow_timing_fail, report_dir):
     """Build a board's bitstream with Yosys and nextpnr (YoWASP) and report resources and fmax."""
-    from cimstack.reports import plots
     from cimstack.boards.build import build_bitstream
     from cimstack.boards.targets import board as get_board
+    from cimstack.reports import plots
     from cimstack.reports.page import Report
     run = current()
     brd = get_board(board)

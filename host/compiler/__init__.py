@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cimstack.errors import CompileError
+import torch.nn as nn
+
 from cimstack.compiler.fx import from_torch
 from cimstack.compiler.ir import ANALOG_OPS, DIGITAL_OPS, Graph, Node, float_vmm
+from cimstack.errors import CompileError
 
 __all__ = ["import_model", "from_torch", "from_onnx", "Graph", "Node", "ANALOG_OPS", "DIGITAL_OPS", "float_vmm"]
 
@@ -18,7 +20,6 @@ def from_onnx(model) -> Graph:
 def import_model(model) -> Graph:
     """The CIM IR of a ``torch.nn.Module``, an ``onnx.ModelProto``, an ONNX file path or an
     existing :class:`Graph`."""
-    import torch.nn as nn
     if isinstance(model, Graph):
         return model
     if isinstance(model, nn.Module):

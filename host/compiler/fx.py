@@ -15,8 +15,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cimstack.errors import CompileError
 from cimstack.compiler.ir import Graph, Node
+from cimstack.errors import CompileError
 
 __all__ = ["from_torch"]
 
@@ -55,7 +55,7 @@ class _Importer:
         self.model = model
         try:
             self.gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
-        except Exception as exc:           # noqa: BLE001 - fx raises many types; report them as one
+        except Exception as exc:
             raise CompileError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
         self.modules = dict(self.gm.named_modules())
         self.nodes: list[Node] = []

@@ -29,8 +29,8 @@ callback, so the same executor serves the float reference, calibration and every
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -28,11 +28,10 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
 import torch
 
-from cimstack.compiler.ir import Graph, Node, float_vmm
 from cimstack.chip.config import ChipConfig
+from cimstack.compiler.ir import Graph, Node, float_vmm
 from cimstack.errors import CompileError, ConfigError
 
 __all__ = ["Block", "MappedLayer", "map_layer", "with_copies", "calibrate", "even_splits", "WEIGHT_SCALES"]

@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cimstack.errors import CompileError
 from cimstack.compiler.fx import _fold_batchnorm
 from cimstack.compiler.ir import Graph, Node
+from cimstack.errors import CompileError
 
 __all__ = ["from_onnx"]
 
@@ -185,7 +185,7 @@ class _Importer:
     def _infer_dims(self) -> dict[str, list]:
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model)
-        except Exception:                  # noqa: BLE001 - shapes are only a help here
+        except Exception:
             inferred = self.model
         dims = {}
         g = inferred.graph
@@ -293,7 +293,7 @@ class _Importer:
                 outs = self.convert(c)
             except CompileError:
                 raise
-            except Exception as exc:       # noqa: BLE001 - malformed attributes or weights
+            except Exception as exc:
                 raise CompileError(f"node {c.label!r} ({c.op}) cannot be imported: {exc}") from exc
             if not isinstance(outs, list):
                 outs = [outs]
@@ -836,7 +836,7 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
         source = "ONNX model (bytes)"
         try:
             proto = onnx.load_model_from_string(bytes(model))
-        except Exception as exc:           # noqa: BLE001 - protobuf raises DecodeError and others
+        except Exception as exc:
             raise CompileError(f"cannot parse the ONNX model bytes: {exc}") from exc
         check = proto
     elif isinstance(model, (str, os.PathLike)):
@@ -846,14 +846,14 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
             raise CompileError(f"ONNX file '{path}' does not exist")
         try:
             proto = onnx.load(str(path))
-        except Exception as exc:           # noqa: BLE001
+        except Exception as exc:
             raise CompileError(f"cannot read ONNX file '{path}': {exc}") from exc
         check = str(path)
     else:
         raise CompileError(f"from_onnx expects an onnx.ModelProto, a file path or bytes, got {type(model).__name__}")
     try:
         onnx.checker.check_model(check)
-    except Exception as exc:               # noqa: BLE001 - ValidationError and friends
+    except Exception as exc:
         raise CompileError(f"{source} is not a valid ONNX model: {exc}") from exc
     return proto, source
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cimstack.chip.config import ChipConfig
-from cimstack.errors import ConfigError, PlacementError
-from cimstack.compiler.mapper import Block, MappedLayer
 from cimstack.chip.topology import tile_hops
+from cimstack.compiler.mapper import Block, MappedLayer
+from cimstack.errors import ConfigError, PlacementError
 
 __all__ = ["STRATEGIES", "Placement", "Pass", "place", "placed", "vmm_cycles"]
 

@@ -6,9 +6,11 @@ import numpy as np
 
 from cimstack.chip import prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
+from cimstack.chip.enums import Polarity
+from cimstack.chip.isa import decode, mode_name
 from cimstack.chip.prng import VERIFY_STREAM
-from cimstack.golden.tile import GoldenTile, Pulse
 from cimstack.errors import InputRangeError
+from cimstack.golden.tile import GoldenTile, Pulse
 from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check_write_verify, ispp
 
 __all__ = ["GoldenSoC"]
@@ -62,7 +64,6 @@ class GoldenSoC:
     def run_program(self, words: list[int], iters: int = 1, in_stride: int = 0, out_stride: int = 0,
                     pc: int = 0, max_steps: int = 1_000_000) -> int:
         """Interpret a sequencer program (instruction words); returns the instructions executed."""
-        from cimstack.chip.isa import decode, mode_name
         it, steps = 0, 0
         while steps < max_steps:
             ins = decode(words[pc])
@@ -119,7 +120,7 @@ class GoldenSoC:
         def read(j: WriteVerifyJob) -> int:
             return self.read_cell(tile, j.row, j.group * lanes + j.lane, j.cell)
 
-        def pulse(j: WriteVerifyJob, polarity: int, amplitude: int) -> None:
+        def pulse(j: WriteVerifyJob, polarity: Polarity, amplitude: int) -> None:
             g.pulse(Pulse(j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude))
 
         return ispp(jobs, read, pulse, max_pulses, amp_start, amp_step, amp_max)

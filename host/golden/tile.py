@@ -34,7 +34,7 @@ import numpy as np
 from cimstack.chip import prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
 from cimstack.chip.datapath import check_inputs, check_post_params, input_digits, weights_to_codes
-from cimstack.chip.enums import RESET, SET, STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE
+from cimstack.chip.enums import Polarity, Stuck
 from cimstack.errors import InputRangeError
 
 __all__ = ["GoldenTile", "Pulse"]
@@ -47,7 +47,7 @@ class Pulse:
     row: int
     unit: int
     cell: int
-    polarity: int        # SET or RESET
+    polarity: Polarity
     amplitude: int       # 1 .. device.pulse_max_amplitude
 
 def _clamp_signed(v: np.ndarray, bits: int) -> np.ndarray:
@@ -97,7 +97,7 @@ class GoldenTile:
         self.state = state.copy()
         if stuck is not None:
             stuck = np.asarray(stuck, dtype=np.int64)
-            if stuck.shape != self.state.shape or not np.isin(stuck, (STUCK_NONE, STUCK_AT_0, STUCK_AT_MAX)).all():
+            if stuck.shape != self.state.shape or not np.isin(stuck, tuple(Stuck)).all():
                 raise InputRangeError(f"stuck map must have shape {self.state.shape} with values 0, 1, 2")
             self.stuck = stuck.copy()
 
@@ -105,8 +105,8 @@ class GoldenTile:
         """Effective conductance codes (rows, units, cells) as a VMM reads them."""
         dp = self.cfg.datapath
         code = self.state >> self.cfg.cell.frac_bits
-        code = np.where(self.stuck & 1, 0, code)
-        return np.where(self.stuck & 2, dp.code_max, code)
+        code = np.where(self.stuck == Stuck.AT_0, 0, code)
+        return np.where(self.stuck >= Stuck.AT_MAX, dp.code_max, code)      # the unused 3 too (bit 1)
 
     def effective_weights(self) -> np.ndarray:
         """Per-unit signed cell difference (rows, units) the bit lines see."""
@@ -120,7 +120,7 @@ class GoldenTile:
         dp, dev = self.cfg.datapath, self.cfg.device
         if not (0 <= p.row < self.cfg.array.rows and 0 <= p.unit < dp.units and 0 <= p.cell < dp.cells_per_unit):
             raise InputRangeError(f"pulse targets cell ({p.row}, {p.unit}, {p.cell}) outside the tile")
-        if p.polarity not in (SET, RESET) or not 1 <= p.amplitude <= dev.pulse_max_amplitude:
+        if p.polarity not in tuple(Polarity) or not 1 <= p.amplitude <= dev.pulse_max_amplitude:
             raise InputRangeError(f"pulse polarity {p.polarity} / amplitude {p.amplitude} invalid "
                                   f"(polarity 0 SET or 1 RESET, amplitude 1..{dev.pulse_max_amplitude})")
         self.update_rng = prng.xorshift32(self.update_rng)
@@ -129,10 +129,10 @@ class GoldenTile:
         if self.stuck[p.row, p.unit, p.cell]:
             return g
         gs = (1 << dp.state_bits) - 1
-        dist = gs + 1 - g if p.polarity == SET else g + 1
+        dist = gs + 1 - g if p.polarity == Polarity.SET else g + 1
         d = prng.round_shift(p.amplitude * dp.pulse_step_q * dist, dp.state_bits + 4)
         d += prng.round_shift(d * z * dp.c2c_noise_q, NOISE_FRAC_BITS)
-        g = g + d if p.polarity == SET else g - d
+        g = g + d if p.polarity == Polarity.SET else g - d
         g = min(max(g, 0), gs)
         self.state[p.row, p.unit, p.cell] = g
         return g
@@ -143,9 +143,9 @@ class GoldenTile:
         if not (0 <= row < self.cfg.array.rows and 0 <= unit < dp.units and 0 <= cell < dp.cells_per_unit):
             raise InputRangeError(f"read targets cell ({row}, {unit}, {cell}) outside the tile")
         st = int(self.stuck[row, unit, cell])
-        if st == STUCK_AT_0:
+        if st == Stuck.AT_0:
             return 0
-        if st == STUCK_AT_MAX:
+        if st == Stuck.AT_MAX:
             return (1 << dp.state_bits) - 1
         return int(self.state[row, unit, cell])
 
@@ -192,13 +192,6 @@ class GoldenTile:
         if self.relu:
             v = np.maximum(v, 0)
         return _clamp_signed(v, p.out_bits)
-
-    def ideal(self, x) -> np.ndarray:
-        """The exact integer product x @ W of the stored codes, without ADC or noise."""
-        x = check_inputs(x, self.cfg)
-        w = self.effective_weights().reshape(self.cfg.array.rows, self.cfg.array.cols, self.cfg.datapath.slices)
-        sw = 1 << (np.arange(self.cfg.datapath.slices) * self.cfg.cell.cell_bits)
-        return x @ (w @ sw)
 
     def adc_scale(self) -> float:
         """Output units per unit of the ideal product (gain / 2**gain_shift)."""

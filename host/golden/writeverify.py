@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimstack.chip.config import ChipConfig
-from cimstack.chip.enums import RESET, SET
-from cimstack.chip.regmap import WV_CONVERGED, WV_FAILED, WV_STUCK
+from cimstack.chip.enums import Polarity, WriteVerifyStatus
 from cimstack.errors import InputRangeError
 
 __all__ = ["WriteVerifyJob", "WriteVerifyResult", "check_write_verify", "ispp"]
@@ -28,7 +27,7 @@ class WriteVerifyJob:
 
 @dataclass(frozen=True)
 class WriteVerifyResult:
-    status: int          # regmap.WV_CONVERGED / WV_FAILED / WV_STUCK
+    status: WriteVerifyStatus        # CONVERGED, FAILED or STUCK
     pulses: int
     error: int           # last read minus target, saturated to 16 bits
 
@@ -64,12 +63,12 @@ def ispp(jobs, read, pulse, max_pulses: int, amp_start: int, amp_step: int, amp_
         while True:
             err = r - j.target
             if abs(err) <= j.tol:
-                status = WV_CONVERGED
+                status = WriteVerifyStatus.CONVERGED
                 break
             if pulses >= max_pulses:
-                status = WV_STUCK if abs(r - first) <= j.tol else WV_FAILED
+                status = WriteVerifyStatus.STUCK if abs(r - first) <= j.tol else WriteVerifyStatus.FAILED
                 break
-            polarity = SET if err < 0 else RESET
+            polarity = Polarity.SET if err < 0 else Polarity.RESET
             amp = min(amp + amp_step, amp_max) if polarity == last else amp_start
             pulse(j, polarity, amp)
             pulses, last = pulses + 1, polarity

@@ -11,14 +11,16 @@ import time
 import numpy as np
 
 from cimstack.chip import prng
+from cimstack.chip.bitfields import pack, unpack
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.datapath import check_adc_registers, check_post_params
+from cimstack.chip.enums import Polarity, RunUnit
+from cimstack.chip.isa import assemble, check_program, disassemble, mode_field
+from cimstack.chip.regmap import ID_MAGIC, PROTOCOL_VERSION, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 from cimstack.errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeout
 from cimstack.golden.tile import GoldenTile
 from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check_write_verify
 from cimstack.link.transport import Link
-from cimstack.chip.datapath import check_adc_registers, check_post_params
-from cimstack.chip.bitfields import pack, unpack
-from cimstack.chip.regmap import ID_MAGIC, PROTOCOL_VERSION, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 
 __all__ = ["Device"]
 
@@ -135,14 +137,14 @@ class Device:
             wait: bool = True) -> None:
         """Run act[dst:dst+cols] (+)= tile(act[src:src+rows]) on the chip, in input ``mode``
         (default: the config's)."""
-        from cimstack.chip.isa import mode_field
         self._tile(tile)
         self.cfg.datapath.mode(mode)                  # raises for a mode the chip lacks
         a, n = self.cfg.array, self.cfg.soc.act_words
         if not (0 <= src <= n - a.rows and 0 <= dst <= n - a.cols):
             raise InputRangeError(f"VMM src {src} / dst {dst} do not fit the {n}-word activation buffer")
-        self.link.write_regs(self.map["VMM_TILE"].addr, [tile, src, dst, int(accumulate) | mode_field(mode) << 1])
-        self.link.run(0)
+        flags = self.map["VMM_FLAGS"].pack(accumulate=int(accumulate), mode=mode_field(mode))
+        self.link.write_regs(self.map["VMM_TILE"].addr, [tile, src, dst, flags])
+        self.link.run(RunUnit.VMM)
         if wait:
             self.wait_idle(0b001)
 
@@ -150,7 +152,6 @@ class Device:
                     pc: int = 0, wait: bool = True) -> None:
         """Load a sequencer program (``isa.Instr`` list or instruction words) at ``pc`` and
         run it; ``iters`` LOOP iterations with COPY strides ``in_stride``/``out_stride``."""
-        from cimstack.chip.isa import assemble, check_program, disassemble
         if program and isinstance(program[0], int):
             words = list(program)
             check_program(disassemble(words), self.cfg, pc)
@@ -166,7 +167,7 @@ class Device:
                                   f"{self.cfg.soc.act_words}-word activation buffer")
         self.write_memory("INSTR", pc, words)
         self.link.write_regs(self.map["SEQ_PC"].addr, [pc, iters, in_stride, out_stride])
-        self.link.run(2)
+        self.link.run(RunUnit.PROGRAM)
         if wait:
             self.wait_idle(0b1001)
             state = self.fields("SEQ_STATE")
@@ -193,7 +194,7 @@ class Device:
         self.write("WV_COUNT", count=len(jobs))
         self.write("WV_MAX_PULSES", pulses=max_pulses)
         self.write("WV_AMP", start=amp_start, step=amp_step, max=amp_max)
-        self.link.run(1)
+        self.link.run(RunUnit.WRITE_VERIFY)
         self.wait_idle(0b010)
         out = []
         for w in self.read_memory("WV_RESULTS", 0, len(jobs)):
@@ -219,7 +220,7 @@ class Device:
 
     def pulse_cell(self, tile: int, row: int, unit: int, cell: int, polarity: int, amplitude: int) -> int:
         """One programming pulse; returns the cell's state after it."""
-        if polarity not in (0, 1) or not 1 <= amplitude <= self.cfg.device.pulse_max_amplitude:
+        if polarity not in tuple(Polarity) or not 1 <= amplitude <= self.cfg.device.pulse_max_amplitude:
             raise InputRangeError(f"pulse polarity {polarity} (0/1) / amplitude {amplitude} "
                                   f"(1..{self.cfg.device.pulse_max_amplitude})")
         self._cell(tile, row, unit, cell)

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from cimstack.errors import ConfigError
+from cimstack.errors import ConfigError, DeviceError, LinkTimeout
 
 __all__ = ["Faults", "FaultCounts", "FaultyPort", "soak"]
 
@@ -137,7 +137,6 @@ def soak(device, requests: int, seed: int = 0, region: int = 64) -> dict:
     error being raised). A request that raised a :class:`~cimstack.errors.LinkTimeout` or
     :class:`~cimstack.errors.DeviceError` was reported, not silent: the link is reconnected,
     and the words it may have written are read back into the shadow."""
-    from cimstack.errors import DeviceError, LinkTimeout
     rng = random.Random(seed)
     link = device.link
     region = min(region, device.cfg.soc.act_words)

@@ -8,10 +8,24 @@ import os
 import struct
 import time
 
+import serial
+
+from cimstack.chip.protocol import (
+    FLAG,
+    RESPONSE_BIT,
+    Deframer,
+    ErrorCode,
+    Frame,
+    Op,
+    encode_frame,
+    read_mem_payload,
+    read_reg_payload,
+    split_words,
+    write_mem_payload,
+    write_reg_payload,
+)
 from cimstack.errors import DeviceError, LinkError, LinkTimeout
-from cimstack.chip.protocol import (FLAG, RESPONSE_BIT, Deframer, ErrorCode, Frame, Op, encode_frame,
-                                    read_mem_payload, read_reg_payload, split_words, write_mem_payload,
-                                    write_reg_payload)
+from cimstack.link.faults import FaultyPort
 
 __all__ = ["Link", "LinkStats"]
 
@@ -60,13 +74,11 @@ class Link:
     # -- lifecycle ----------------------------------------------------------------------------
     def _open(self) -> None:
         """Open the port (through :class:`cimstack.link.faults.FaultyPort` when ``faults`` is set)."""
-        import serial
         try:
             port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkError(f"cannot open link {self.url!r}: {exc}") from None
         if self.faults is not None:
-            from cimstack.link.faults import FaultyPort
             if self._fault_plan is not self.faults:
                 self._fault_plan = self.faults
                 port = FaultyPort(port, self.faults)
@@ -88,7 +100,7 @@ class Link:
             self.port.close()
             self.port = None
 
-    def __enter__(self) -> "Link":
+    def __enter__(self) -> Link:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -205,10 +217,6 @@ class Link:
     def status(self) -> tuple[int, int]:
         """(STATUS register, CYCLES counter)."""
         return struct.unpack("<II", self.request(Op.STATUS))
-
-    def resync(self) -> None:
-        """Flush the device's receiver (a lone FLAG ends any partial frame)."""
-        self._write(bytes((FLAG,)))
 
 
 def _reply_bytes(op: int, payload: bytes) -> int | None:

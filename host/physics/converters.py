@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from cimstack.chip.config import ChipConfig
-from cimstack.errors import InputRangeError
 from cimstack.chip.datapath import check_adc_registers, pulse_weights, slice_weights
+from cimstack.errors import InputRangeError
 
 __all__ = ["round_half_up", "floor_ste", "input_range", "as_input_tensor", "Dac", "Adc",
            "shift_add", "post_process"]
@@ -124,10 +124,6 @@ class Dac:
             d = d + c * (x - xd).unsqueeze(0)
         return d
 
-    def voltages(self, digits: torch.Tensor) -> torch.Tensor:
-        """Word-line voltages (V) of ideal drivers: one digit unit is ``input.v_read``."""
-        return digits * self.cfg.input.v_read
-
 
 class Adc:
     """Column ADC: ``code = clamp(round_half_up(a * gain / 2**gain_shift) + offset)``.
@@ -137,7 +133,7 @@ class Adc:
     charge proportional to current times integration time, so doubling ``gain`` doubles the
     code. ``gain`` and ``offset`` are run-time registers, as on the chip. Column sharing
     (``array.adc_share`` units per converter) serialises conversions but does not change any
-    value; it only enters :meth:`serial_conversions`.
+    value.
     """
 
     def __init__(self, cfg: ChipConfig):
@@ -161,17 +157,6 @@ class Adc:
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         code = round_half_up(a * self.scale) + self.offset
         return torch.clamp(code, self.code_min, self.code_max)
-
-    def current_lsb_ua(self) -> float:
-        """Column current (µA) of one ADC code: ``v_read * g_step / scale``."""
-        d = self.cfg.device
-        g_step = (d.g_max_us - d.g_min_us) / self.cfg.datapath.code_max
-        return self.cfg.input.v_read * g_step / self.scale
-
-    def serial_conversions(self) -> int:
-        """Conversions each ADC performs in series per VMM (timing only)."""
-        dp = self.cfg.datapath
-        return dp.groups * dp.pulses * self.cfg.array.adc_share
 
 
 def shift_add(codes: torch.Tensor, cfg: ChipConfig, mode: str | None = None) -> torch.Tensor:

@@ -37,23 +37,40 @@ IR drop hook
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from cimstack.chip.config import ChipConfig
+from cimstack.chip.datapath import check_post_params, weights_to_codes
+from cimstack.chip.enums import Stuck
 from cimstack.errors import ConfigError, InputRangeError
-from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX, STUCK_NONE
-from cimstack.golden.tile import GoldenTile
-from cimstack.chip.datapath import check_post_params, slice_weights, weights_to_codes
 from cimstack.physics.converters import Adc, Dac, as_input_tensor, post_process, shift_add
 from cimstack.physics.devices import DeviceModel, level_step_us, seed_for
 from cimstack.physics.irdrop import IR_MODELS, IrDrop
 
-__all__ = ["ColumnCurrents", "ideal_column_currents", "TileEmulator"]
+__all__ = ["ColumnCurrents", "GoldenTileState", "ideal_column_currents", "TileEmulator"]
 
 ColumnCurrents = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GoldenTileState(Protocol):
+    """What :meth:`TileEmulator.load_golden` reads of a :class:`cimstack.golden.GoldenTile`.
+
+    Physics and the golden model are two models on one layer, so physics does not import it.
+    """
+
+    cfg: ChipConfig
+    state: np.ndarray
+    stuck: np.ndarray
+    bias: np.ndarray
+    scale: np.ndarray
+    adc_gain: int
+    adc_offset: int
+    relu: bool
+
 
 _MODES = ("physical", "datapath")
 _READ_NOISE = ("per_read", "per_call")
@@ -208,7 +225,7 @@ class TileEmulator:
         if tuple(st.shape) != tuple(self.state.shape) or not bool(torch.isfinite(st).all()):
             raise InputRangeError(f"cell states must be finite, of shape {tuple(self.state.shape)}")
         sk = self.stuck if stuck is None else torch.as_tensor(np.asarray(stuck), device=self.device).to(torch.int64)
-        if tuple(sk.shape) != tuple(self.state.shape) or not bool(torch.isin(sk, torch.tensor([STUCK_NONE, STUCK_AT_0, STUCK_AT_MAX], device=self.device)).all()):
+        if tuple(sk.shape) != tuple(self.state.shape) or not bool(torch.isin(sk, torch.tensor([Stuck.NONE, Stuck.AT_0, Stuck.AT_MAX], device=self.device)).all()):
             raise InputRangeError(f"stuck map must have shape {tuple(self.state.shape)} with values 0, 1, 2")
         if nu is None:
             g = self.cfg.device.g_min_us + st / self.frac_scale * self.g_step
@@ -219,7 +236,7 @@ class TileEmulator:
                 raise InputRangeError(f"drift exponents must be non-negative, of shape {tuple(self.state.shape)}")
         self.state, self.stuck, self.nu = st, sk.clone(), nu_t
 
-    def load_golden(self, golden: GoldenTile) -> None:
+    def load_golden(self, golden: GoldenTileState) -> None:
         """Copy a golden tile's cell state, stuck map and registers (drift exponents are zeroed)."""
         if golden.cfg != self.cfg:
             raise ConfigError("the golden tile was built from a different chip config")
@@ -259,8 +276,8 @@ class TileEmulator:
         """Codes a VMM reads (rows, units, cells): ``floor(state >> frac)``, clamped, stuck-forced."""
         dp = self.cfg.datapath
         code = torch.clamp(torch.floor(self.state / self.frac_scale), 0, dp.code_max)
-        code = torch.where(self.stuck == STUCK_AT_0, torch.zeros_like(code), code)
-        return torch.where(self.stuck == STUCK_AT_MAX, torch.full_like(code, dp.code_max), code)
+        code = torch.where(self.stuck == Stuck.AT_0, torch.zeros_like(code), code)
+        return torch.where(self.stuck == Stuck.AT_MAX, torch.full_like(code, dp.code_max), code)
 
     def effective_weights(self) -> torch.Tensor:
         """Per-unit signed code difference (rows, units) the datapath mode's bit lines see."""
@@ -271,8 +288,8 @@ class TileEmulator:
 
     def _stuck_override(self, g: torch.Tensor, stuck: torch.Tensor) -> torch.Tensor:
         d = self.cfg.device
-        g = torch.where(stuck == STUCK_AT_0, torch.full_like(g, d.g_min_us), g)
-        return torch.where(stuck == STUCK_AT_MAX, torch.full_like(g, d.g_max_us), g)
+        g = torch.where(stuck == Stuck.AT_0, torch.full_like(g, d.g_min_us), g)
+        return torch.where(stuck == Stuck.AT_MAX, torch.full_like(g, d.g_max_us), g)
 
     def _physical_prog(self, conductances=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Programmed conductances and drift exponents in physical column order (rows, n_phys)."""
@@ -434,10 +451,3 @@ class TileEmulator:
         out = post_process(y, self.bias, self.scale, p.shift, self.relu, p.out_bits)
         return out[0] if single else out
 
-    def ideal(self, x) -> torch.Tensor:
-        """The exact product ``x @ W`` of the codes the datapath reads (no ADC, no noise)."""
-        xt = as_input_tensor(x, self.cfg, self.dtype, self.device)
-        a, dp = self.cfg.array, self.cfg.datapath
-        w = self.effective_weights().reshape(a.rows, a.cols, dp.slices)
-        sw = torch.as_tensor(slice_weights(self.cfg), dtype=self.dtype, device=self.device)
-        return xt @ (w @ sw)

@@ -14,6 +14,8 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from cimstack.files import atomic_write
 
 __all__ = ["Report", "json_default"]
@@ -62,7 +64,7 @@ class Report:
 
     def figure(self, name: str, fig, caption: str = "", heading: str | None = None) -> Path:
         """Save a matplotlib figure as ``<name>.png`` and show it on the page."""
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # matplotlib loads slowly: only when a figure is drawn
         path = self.folder / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -94,7 +96,6 @@ def _fmt(v) -> str:
 def json_default(v):
     """``json.dumps``' fallback for what reports and ``--json`` carry: NumPy scalars and
     arrays as numbers and lists, anything else (paths) as text."""
-    import numpy as np
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from cimstack.chip.config import ChipConfig
+from cimstack.physics.devices import level_step_us
 
 __all__ = ["placement_map", "programming_histograms", "accuracy_sweep", "tuning_errors", "resources"]
 
 
 def _pyplot():
-    import matplotlib
+    """pyplot, imported on first use: matplotlib takes a second to load and most commands draw nothing."""
+    import matplotlib  # see the docstring: loaded on first use
     matplotlib.use("Agg")            # no display: reports are files
     import matplotlib.pyplot as plt
     return plt
@@ -22,11 +24,11 @@ def _layer_colours(names: list[str]) -> dict[str, tuple]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def placement_map(placement) -> "object":
+def placement_map(placement) -> object:
     """Every tile used, to scale: each block a rectangle in its layer's colour, labelled with
     the block number (and copy); empty cells white."""
     plt = _pyplot()
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch, Rectangle  # with pyplot, on first use
     a = placement.cfg.array
     tiles = placement.tiles_used or [0]
     cols = min(len(tiles), 4)
@@ -62,7 +64,6 @@ def programming_histograms(report, cfg: ChipConfig):
     """Left: target and programmed conductance of every programmed cell. Right: the final
     write-verify error (last read minus target) per layer, in state LSBs."""
     plt = _pyplot()
-    from cimstack.physics.devices import level_step_us
     frac, step = float(1 << cfg.cell.frac_bits), level_step_us(cfg)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     targets = np.concatenate([report.targets[n] for n in report.targets]) if report.targets else np.zeros(0)

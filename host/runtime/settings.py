@@ -67,7 +67,7 @@ class Settings:
                 "layers": {k: asdict(v) for k, v in self.layers.items()}, "info": self.info}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "Settings":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> Settings:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"{source}: not a cimstack settings file (expected format {FORMAT!r})")
         try:
@@ -86,7 +86,7 @@ class Settings:
         atomic_write(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Settings":
+    def load(cls, path: str | Path) -> Settings:
         path = Path(path)
         try:
             data = json.loads(path.read_text())

@@ -35,10 +35,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from cimstack.chip.config import ChipConfig
-from cimstack.errors import ConfigError
-from cimstack.chip.enums import STUCK_AT_0, STUCK_AT_MAX
-from cimstack.compiler.mapper import even_splits
 from cimstack.chip.datapath import pulse_weights, slice_weights
+from cimstack.chip.enums import Stuck
+from cimstack.compiler.mapper import even_splits
+from cimstack.errors import ConfigError
 from cimstack.physics.converters import Adc, Dac, round_half_up
 from cimstack.physics.devices import DeviceModel, level_step_us
 from cimstack.physics.irdrop import fast_transfer
@@ -98,18 +98,18 @@ class Nonidealities:
             raise ConfigError(f"drift_t = {t!r} must be a positive time in seconds or a (lo, hi) range")
 
     @classmethod
-    def chip(cls, **kw) -> "Nonidealities":
+    def chip(cls, **kw) -> Nonidealities:
         """Everything the chip does (the default), with overrides."""
         return cls(**kw)
 
     @classmethod
-    def off(cls) -> "Nonidealities":
+    def off(cls) -> Nonidealities:
         """The floating-point layer."""
         return cls(quantise=False, adc=False, programming="none", stuck=False, read_noise=False,
                    output_noise=False, drift_compensation=False)
 
     @classmethod
-    def opencimtc(cls, frac: float = 0.06) -> "Nonidealities":
+    def opencimtc(cls, frac: float = 0.06) -> Nonidealities:
         """OpenCIMTC's post-deployment noise fine-tuning: quantised inputs and weights plus
         additive weight noise of ``frac`` times the layer's weight range."""
         return cls(adc=False, programming="none", stuck=False, read_noise=False, output_noise=False,
@@ -183,8 +183,8 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
         cells = cells + k * devices.programming_sigma(g_target) / step * torch.randn_like(target)
     if ni.stuck and (d.stuck_at_0_rate > 0 or d.stuck_at_gmax_rate > 0):
         flags = devices.sample_stuck(target.shape, torch.default_generator, device=target.device)
-        cells = torch.where(flags == STUCK_AT_0, torch.zeros_like(cells), cells)
-        cells = torch.where(flags == STUCK_AT_MAX, torch.full_like(cells, float(dp.code_max)), cells)
+        cells = torch.where(flags == Stuck.AT_0, torch.zeros_like(cells), cells)
+        cells = torch.where(flags == Stuck.AT_MAX, torch.full_like(cells, float(dp.code_max)), cells)
     if cfg.mapping.scheme == "offset":
         cells = torch.stack([cells[0], cells[1].detach()])
     g_prog = d.g_min_us + cells * step                    # µS

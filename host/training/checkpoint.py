@@ -24,6 +24,8 @@ from torch import nn
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import CompileError, ConfigError
 from cimstack.files import atomic_write
+from cimstack.training.analog import convert
+from cimstack.zoo.models import MODELS, build
 
 __all__ = ["FORMAT", "LoadedModel", "save_model", "load_model"]
 
@@ -43,7 +45,6 @@ class LoadedModel:
 def save_model(path: str | Path, model: nn.Module, arch: str, dataset: str, *, width: int | None = None,
                hwa_config: ChipConfig | None = None, info: dict | None = None) -> Path:
     """Write a checkpoint of ``model``, built by ``cimstack.zoo.models.build(arch, width)``, atomically."""
-    from cimstack.zoo.models import MODELS
     if arch not in MODELS:
         raise ConfigError(f"architecture {arch!r} is not one of {', '.join(MODELS)}")
     state = {"format": FORMAT, "arch": arch, "width": width, "dataset": dataset,
@@ -60,7 +61,7 @@ def load_model(path: str | Path, *, trust_pickle: bool = False) -> LoadedModel:
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        import onnx
+        import onnx  # heavy and only for .onnx files: imported here
         try:
             proto = onnx.load(str(path))
         except Exception as exc:                 # onnx raises DecodeError and friends
@@ -79,17 +80,15 @@ def load_model(path: str | Path, *, trust_pickle: bool = False) -> LoadedModel:
         except Exception as exc2:
             raise CompileError(f"{path}: cannot be read as a torch file ({type(exc2).__name__}: {exc2})") from None
         if not isinstance(module, nn.Module):
-            raise CompileError(f"{path}: holds a {type(module).__name__}, not a torch.nn.Module")
+            raise CompileError(f"{path}: holds a {type(module).__name__}, not a torch.nn.Module") from None
         return LoadedModel(module.eval(), path.stem)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CompileError(f"{path}: not a cimstack checkpoint (format {found!r}, expected {FORMAT!r}); "
                            f"a bare state_dict has no architecture: save it with cimstack.training.checkpoint.save_model")
-    from cimstack.zoo.models import build
     try:
         model = build(state["arch"], state["width"])
         if state["hwa_config"]:
-            from cimstack.training.analog import convert
             convert(model, ChipConfig.from_toml(state["hwa_config"], source=f"{path} (hwa_config)"))
         model.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:

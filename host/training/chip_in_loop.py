@@ -21,10 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from cimstack.backends import Backend
-from cimstack.zoo.datasets import Split
-from cimstack.runtime.deployment import Deployment, compile as compile_model
 from cimstack.errors import CompileError, ConfigError
+from cimstack.runtime.deployment import Deployment
+from cimstack.runtime.deployment import compile as compile_model
 from cimstack.training.analog import conv_as_matmul
+from cimstack.zoo.datasets import Split
 
 __all__ = ["ChipInTheLoop"]
 

@@ -20,13 +20,14 @@ The trained model stays a ``torch.nn.Module`` that compiles as is.
 from __future__ import annotations
 
 import math
+
 from torch import nn
 
 from cimstack.chip.config import ChipConfig
-from cimstack.zoo.datasets import Split
 from cimstack.errors import ConfigError
-from cimstack.zoo.models import train
 from cimstack.training.analog import Nonidealities, analog_layers, clip_weights, convert, set_nonidealities
+from cimstack.zoo.datasets import Split
+from cimstack.zoo.models import train
 
 __all__ = ["SCHEDULES", "stage_plan", "train_hwa", "noise_finetune"]
 

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm.auto import trange
 
-from cimstack.backends import Backend, CellJobs
-from cimstack.zoo.datasets import Split
-from cimstack.errors import ConfigError
-from cimstack.chip.enums import SET
+from cimstack.backends import Backend, CellJobs, WriteVerifyParams
 from cimstack.chip.datapath import pulse_weights, slice_weights
+from cimstack.chip.enums import Polarity
+from cimstack.errors import ConfigError
 from cimstack.physics.devices import DeviceModel
+from cimstack.zoo.datasets import Split
 
 __all__ = ["MixedPrecisionMLP", "MixedPrecisionStats"]
 
@@ -97,7 +98,7 @@ class MixedPrecisionMLP:
         self.full = float((1 << dp.state_bits) - 1)
         self.refresh_level = refresh_at * self.full
         self.w_unit = w_max / self.full
-        self.eps = float(DeviceModel(cfg).pulse_step_mean(torch.tensor(self.full / 4), SET, 1))
+        self.eps = float(DeviceModel(cfg).pulse_step_mean(torch.tensor(self.full / 4), Polarity.SET, 1))
         self.md = dp.mode()
         # output units -> x @ (G+ - G-) in states: undo ADC gain and the code = state >> frac read
         top = dp.slices - 1                          # the pair of the most significant slice
@@ -131,8 +132,8 @@ class MixedPrecisionMLP:
         c = np.concatenate([np.zeros_like(rows), np.ones_like(rows)])
         tol = max(1, int(self.eps))
         status, pulses, _ = self.backend.write_verify(tile, CellJobs(r, u, c, np.concatenate([pos, neg]), np.full(len(r), tol)),
-                                                      max_pulses=100, amp_start=1, amp_step=1,
-                                                      amp_max=self.cfg.device.pulse_max_amplitude)
+                                                      WriteVerifyParams(max_pulses=100, amp_start=1, amp_step=1,
+                                                                        amp_max=self.cfg.device.pulse_max_amplitude))
         if refresh:
             self.stats.refresh_pulses += int(pulses.sum())
         read = torch.as_tensor(self.backend.read_cells(tile, r, u, c), dtype=torch.float64)
@@ -203,7 +204,7 @@ class MixedPrecisionMLP:
         for p in range(int(k.max()) if k.numel() else 0):
             r, u = torch.nonzero(k > p, as_tuple=True)
             cell = (n[r, u] < 0).to(torch.int64)
-            st[r, u, cell] = torch.as_tensor(self.backend.pulse(layer, r.numpy(), self._unit(u.numpy()), cell.numpy(), SET, 1),
+            st[r, u, cell] = torch.as_tensor(self.backend.pulse(layer, r.numpy(), self._unit(u.numpy()), cell.numpy(), Polarity.SET, 1),
                                              dtype=torch.float64)
             self.stats.update_pulses += len(r)
         full = st.amax(dim=-1) > self.refresh_level
@@ -215,7 +216,6 @@ class MixedPrecisionMLP:
 
     def fit(self, split: Split, epochs: int = 10, progress: bool = False) -> MixedPrecisionStats:
         """Train on ``split`` for ``epochs``; the test accuracy (on the chip) after each epoch."""
-        from tqdm.auto import trange
         gen = torch.Generator().manual_seed(self.seed)
         n = len(split.y_train)
         t0 = time.perf_counter()

@@ -37,14 +37,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from cimstack.backends import Backend, EmulatorBackend
 from cimstack.compiler.ir import float_vmm
-from cimstack.errors import ConfigError, PlacementError
 from cimstack.compiler.mapper import MappedLayer, with_copies
 from cimstack.compiler.placer import place, vmm_cycles
-from cimstack.tuning.search import SEARCHERS
+from cimstack.errors import ConfigError, PlacementError
+from cimstack.runtime.deployment import Deployment
 from cimstack.runtime.settings import LayerSetting, Settings
+from cimstack.tuning.search import SEARCHERS
 
 __all__ = ["Tuner", "LayerScore", "LayerReport", "TuningReport", "gain_grid", "SCALES"]
 
@@ -192,7 +194,6 @@ class Tuner:
     # -- stage 1: emulator in the loop -----------------------------------------------------------
     def _scratch(self, layer: MappedLayer, copies: int):
         """``layer`` alone with ``copies`` copies, placed and programmed on a fresh chip."""
-        from cimstack.runtime.deployment import Deployment
         alone = with_copies(layer, self.cfg, copies)
         placement = place([alone], self.cfg, "layer_per_array")
         dep = Deployment(self.cfg, self.dep.graph, [alone], placement, self.dep.seed, self.dep.input_shape,
@@ -305,5 +306,4 @@ class Tuner:
 
 
 def _progress(items, desc: str, enabled: bool):
-    from tqdm import tqdm
     return tqdm(items, desc=desc, disable=not enabled, leave=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def digits(shape: str = "flat", test_fraction: float = 0.2, seed: int = 0) -> Sp
         raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    # scikit-learn takes about a second to import: only when the digits set is asked for
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -119,7 +121,6 @@ def load(spec: str | Path, seed: int = 0) -> Split:
                           f"or an .npz file with x_train, y_train, x_test, y_test")
     if not path.is_file():
         raise ConfigError(f"data set file {path} does not exist")
-    import zipfile
     if not zipfile.is_zipfile(path):
         raise ConfigError(f"{path}: not an .npz file (np.savez writes one)")
     try:

@@ -17,9 +17,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import trange
 
+from cimstack.errors import ConfigError
 from cimstack.zoo import datasets
 from cimstack.zoo.datasets import Split
-from cimstack.errors import ConfigError
 
 __all__ = ["DigitsMLP", "DigitsCNN", "DigitsGRU", "DigitsLSTM", "DigitsResNet", "ResidualBlock",
            "MODELS", "DEFAULTS", "build", "train", "accuracy", "train_digits"]

@@ -1,7 +1,7 @@
 """cocotb bench of the mesh alone under random traffic.
 
 Job: ``nodes``, ``flits`` (per source node, a list of ``[dest_mask, index, value]`` injected
-in order with random gaps of ``gap`` probability), ``stall`` (probability an eject port is
+in order, as OUT flits, with random gaps of ``gap`` probability), ``stall`` (probability an eject port is
 not ready in a cycle), ``seed``. Result: per node, the flits ejected in arrival order as
 ``[dest_mask, kind, index, value]``, and the cycles taken.
 """
@@ -14,6 +14,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from cimstack.chip.enums import FlitKind
 from cimstack.rtl.noc import FlitLayout
 
 
@@ -35,7 +36,9 @@ async def run_job(dut):
     nodes, lay = job["nodes"], FlitLayout(job["nodes"])
     rng = random.Random(job.get("seed", 0))
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    port = lambda kind, n, sig: getattr(dut, f"{kind}__{n}__{sig}")
+    def port(kind, n, sig):
+        return getattr(dut, f"{kind}__{n}__{sig}")
+
     dut.rst.value = 1
     for n in range(nodes):
         port("inject", n, "valid").value = 0
@@ -52,7 +55,7 @@ async def run_job(dut):
             while r.random() < job.get("gap", 0.0):
                 port("inject", n, "valid").value = 0
                 await RisingEdge(dut.clk)
-            port("inject", n, "payload").value = pack(lay, {"dest": dest, "kind": 1, "index": index, "value": value})
+            port("inject", n, "payload").value = pack(lay, {"dest": dest, "kind": FlitKind.OUT, "index": index, "value": value})
             port("inject", n, "valid").value = 1
             while True:
                 await ReadOnly()

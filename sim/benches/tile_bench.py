@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import cocotb
+from amaranth.hdl import Shape
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
-
-from amaranth.hdl import Shape
 
 from cimstack.chip import prng
 from cimstack.chip.config import ChipConfig
@@ -148,8 +147,7 @@ async def run_job(dut):
     lay = drv.lay
     await drv.send("load", [pack(lay.load, {"data": w, "addr": a, "target": 0})
                             for a, w in enumerate(job.get("memory", []))])
-    p = cfg.post
-    await drv.send("load", [pack(lay.load, {"data": (b & ((1 << p.bias_bits) - 1)) | (s << p.bias_bits),
+    await drv.send("load", [pack(lay.load, {"data": pack(lay.post_word, {"bias": b, "scale": s}),
                                             "addr": col, "target": 1})
                             for col, (b, s) in enumerate(job.get("post", []))])
     if job.get("y_stall", 0):
