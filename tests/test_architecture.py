@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # where each import name lives (pyproject.toml's package-dir)
 SOURCES = {"cimstack": REPO / "host", "cimstack.rtl": REPO / "rtl", "cimstack.gen": REPO / "gen",
            "cimstack.sim": REPO / "sim", "cimstack.boards": REPO / "boards"}

@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cimstack import preset
+import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+from cimstack import preset
 
 
 def run(cmd, **env) -> str:
@@ -17,6 +18,7 @@ def run(cmd, **env) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_walkthrough(tmp_path):
     """The tutorial's command-line flow: a placement map, an accuracy plot, tuning that
     recovers what the small chip's saturating ADCs lose (the simulated SoC is covered by
@@ -49,6 +51,7 @@ def test_python_api_example(tmp_path):
     assert preset("default").name in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_onnx_example_runs_a_users_own_model_through_the_cli(tmp_path):
     out = run([sys.executable, "examples/onnx_model.py", "--out", str(tmp_path)])
     assert (tmp_path / "tiny_cnn.onnx").is_file()

@@ -119,7 +119,7 @@ MODELS: dict[str, tuple[type[nn.Module], str]] = {
 }
 
 #: per-model training defaults for ``train_digits``, measured to reach the accuracy floors in
-#: tests/test_models.py within a few seconds on two CPU cores
+#: tests/zoo/test_models.py within a few seconds on two CPU cores
 DEFAULTS: dict[str, dict[str, int | float]] = {
     "mlp": dict(epochs=20, lr=1e-2),
     "cnn": dict(epochs=15, lr=2e-2),

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SOC_TEST_CONFIG, soc_test_config
+from helpers import REPO, SOC_TEST_CONFIG, soc_test_config
 
 import cimstack
 from cimstack.cli import cli, main
+from cimstack.compiler.placer import STRATEGIES
 from cimstack.zoo import datasets
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["config", "train", "compile", "place", "program", "run", "eval", "tune", "gen", "sim", "boards",
             "bitstream", "flash", "bench"]
 
@@ -80,6 +80,15 @@ def test_help_lists_the_flow_with_examples_and_exit_codes():
     assert as_json(cimstack_cli("boards", "--json"))["boards"][0]["name"] == "icebreaker"
 
 
+def test_strategy_help_offers_exactly_the_placers_strategies():
+    """Every command that places offers the placer's strategies, and only those."""
+    options = {name: p for name, c in cli.commands.items() for p in c.params if p.name == "strategy"}
+    assert {"compile", "place", "program", "run", "eval"} <= set(options)
+    for name, option in options.items():
+        offered = re.findall(r"\w+", option.help.split(":", 1)[1].replace(" or ", ", "))
+        assert offered == list(STRATEGIES), f"cimstack {name} --strategy offers {offered}"
+
+
 def test_config_commands(tmp_path):
     presets = as_json(cimstack_cli("config", "list", "--json"))["presets"]
     assert [p["name"] for p in presets] == list(cimstack.PRESETS)
@@ -95,6 +104,7 @@ def test_config_commands(tmp_path):
     assert cimstack_cli("config", "reference").stdout == (REPO / "docs" / "config.md").read_text() + "\n"
 
 
+@pytest.mark.verilator
 def test_run_on_the_simulated_soc_equals_the_golden_model(work, tmp_path):
     chip = tmp_path / "chip.npy"
     out = as_json(cimstack_cli("run", work["model"], "-c", work["config"], "-b", "sim", "--input", work["dir"] / "x.npy",
@@ -103,6 +113,7 @@ def test_run_on_the_simulated_soc_equals_the_golden_model(work, tmp_path):
     assert np.array_equal(np.load(chip), work["golden"])
 
 
+@pytest.mark.verilator
 def test_program_then_run_on_a_served_chip(work, tmp_path):
     """`cimstack sim serve` in one process; `program --save` and then `run DEPLOYMENT --no-program`
     against it from two others, as with a board: the chip keeps its cells between commands."""

@@ -8,6 +8,9 @@ import pytest
 from cimstack.chip.enums import FlitKind
 from cimstack.sim.verilator import build_mesh
 
+# every test here runs Verilated RTL
+pytestmark = pytest.mark.verilator
+
 NODES = 7          # a 3x3 grid with two routers lacking a local port
 
 

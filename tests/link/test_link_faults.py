@@ -5,7 +5,7 @@ on after reconnecting. The 10^4-frame figure is benchmarks/bench_link.py."""
 import time
 
 import pytest
-from conftest import soc_test_config
+from helpers import soc_test_config
 
 from cimstack.errors import ConfigError, LinkTimeout
 from cimstack.link.client import Device
@@ -20,6 +20,7 @@ def server():
         yield srv
 
 
+@pytest.mark.verilator
 def test_every_kind_of_fault_at_once_gives_no_silent_error(server):
     faults = Faults(corrupt=0.01, drop=0.002, truncate=0.03, duplicate=0.05, delay=0.03, delay_s=0.12, seed=3)
     with Link(server.url, timeout=0.08, retries=6, faults=faults) as link:
@@ -37,6 +38,7 @@ def test_every_kind_of_fault_at_once_gives_no_silent_error(server):
     assert stats["duplicates_acknowledged"] > 5, stats
 
 
+@pytest.mark.verilator
 def test_a_device_that_stops_answering_is_reported_in_bounded_time_and_the_host_recovers(server):
     with Link(server.url, timeout=0.2, retries=2) as link:
         dev = Device(link, server.cfg)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_inputs, random_tile
+from helpers import random_inputs, random_tile
 
 from cimstack.chip.config import ChipConfig, preset
 from cimstack.sim.jobs import make_job, pulse_op, read_op, run_golden, vmm_op
 from cimstack.sim.verilator import build_tile
+
+# every test here runs Verilated RTL
+pytestmark = pytest.mark.verilator
 
 N_VMM = 200
 

@@ -92,6 +92,7 @@ def smallest_build(tmp_path_factory):
     return BuildReport(**data), out
 
 
+@pytest.mark.slow
 def test_bitstream_command_writes_a_resource_report(smallest_build):
     _, out = smallest_build
     assert (out / "html" / "resources.png").read_bytes()[:4] == b"\x89PNG"
@@ -99,6 +100,7 @@ def test_bitstream_command_writes_a_resource_report(smallest_build):
     assert '<img src="resources.png"' in page and "| logic |" in page
 
 
+@pytest.mark.slow
 def test_smallest_target_fits_meets_timing_and_reports(smallest_build):
     report, out = smallest_build
     brd, cfg = board("ulx3s-85f"), smallest_config()
@@ -117,6 +119,7 @@ def test_smallest_target_fits_meets_timing_and_reports(smallest_build):
     assert "| logic |" in md and "(met)" in md
 
 
+@pytest.mark.slow
 def test_missed_timing_and_a_design_that_does_not_fit_are_said_plainly(smallest_build):
     report, _ = smallest_build
     slow = BuildReport(**{**report.__dict__, "target_mhz": report.fmax_mhz * 2, "timing_met": False})

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import soc_test_config
+from helpers import soc_test_config
 from torch import nn
 
 import cimstack

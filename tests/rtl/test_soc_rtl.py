@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import random_inputs, random_tile, soc_test_config
+from helpers import random_inputs, random_tile, soc_test_config
 
 from cimstack.chip import prng
 from cimstack.chip.config import preset
@@ -42,6 +42,9 @@ from cimstack.golden.tile import Pulse
 from cimstack.golden.writeverify import WriteVerifyJob
 from cimstack.sim.script import Script, error_code, ok_payload, u32s
 from cimstack.sim.verilator import build_soc
+
+# every test here runs Verilated RTL
+pytestmark = pytest.mark.verilator
 
 
 @pytest.fixture(scope="session")
@@ -570,6 +573,7 @@ def test_write_verify_and_cell_access(soc):
     np.testing.assert_array_equal(gather_act(ans, vmm_reads), model.act[200:200 + 4 * a.cols])
 
 
+@pytest.mark.slow
 def test_uart_bit_level(tmp_path_factory):
     """The UART top with a cocotb bit-level UART model at 8 clocks per bit."""
     cfg = preset("ice40-tiny").replace(name="uart-test", clock=dict(clock_hz=25_000_000, uart_baud=3_125_000))

@@ -4,6 +4,7 @@ import random
 import struct
 
 import pytest
+from helpers import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,8 +97,7 @@ def test_generated_header_and_markdown_name_every_register():
 
 def test_protocol_doc_register_map_is_current(tmp_path):
     """docs/protocol.md carries the generated map; regenerate with cimstack gen --docs."""
-    from pathlib import Path
-    doc = Path(__file__).parent.parent / "docs" / "protocol.md"
+    doc = REPO / "docs" / "protocol.md"
     copy = tmp_path / "protocol.md"
     copy.write_text(doc.read_text())
     assert DOC_BEGIN in copy.read_text() and DOC_END in copy.read_text()
@@ -140,10 +140,8 @@ def test_instruction_set_roundtrip_and_checks():
 
 
 def test_soc_doc_instruction_set_is_current(tmp_path):
-    from pathlib import Path
-
     from cimstack.gen import update_isa_doc
-    doc = Path(__file__).parent.parent / "docs" / "soc.md"
+    doc = REPO / "docs" / "soc.md"
     copy = tmp_path / "soc.md"
     copy.write_text(doc.read_text())
     assert not update_isa_doc(copy), "docs/soc.md's instruction table is stale: run cimstack gen --docs"

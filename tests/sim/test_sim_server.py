@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import soc_test_config
+from helpers import soc_test_config
 
 import cimstack
 from cimstack.backends import DeviceBackend, EmulatorBackend, GoldenBackend
@@ -29,6 +29,9 @@ from cimstack.link.client import Device
 from cimstack.link.transport import Link
 from cimstack.sim.server import SimServer
 from cimstack.zoo import datasets, models
+
+# every test here talks to the Verilated SoC of the simulation server
+pytestmark = pytest.mark.verilator
 
 
 @pytest.fixture(scope="module")
