@@ -170,6 +170,7 @@ def build_bitstream(board_name: str, cfg: ChipConfig | str | None = None, out_ro
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["sh", f"{plan.script}.sh"], cwd=out_dir, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None               # stdout=PIPE
         for line in proc.stdout:
             log.write(line)
             if verbose:

@@ -1,4 +1,5 @@
 """The one exception hierarchy of cimstack: one subclass per cause, messages name the culprit."""
+from typing import Any
 
 
 class CimstackError(Exception):
@@ -48,6 +49,10 @@ class PlacementError(CimstackError, ValueError):
 
 class ProgrammingError(CimstackError, RuntimeError):
     """Write-verify left cells out of tolerance where the caller asked for none to be."""
+
+    #: the per-cell account (a ``cimstack.runtime.programming.ProgramReport``, a layer above
+    #: this module), set where programming raises it
+    report: Any
 
 
 class BuildError(CimstackError, RuntimeError):

@@ -1,4 +1,6 @@
 """Arithmetic helpers shared by the RTL units, each the twin of a golden-model operation."""
+from typing import cast
+
 from amaranth import *
 
 __all__ = ["round_shift", "const_mul", "clamp"]
@@ -30,6 +32,7 @@ def const_mul(v: Value, k: int) -> Value:
     for digit, shift in reversed(terms):
         t = v << shift
         total = (t if digit > 0 else -t) if total is None else (total + t if digit > 0 else total - t)
+    assert total is not None                           # terms is not empty
     return total
 
 
@@ -38,7 +41,7 @@ def clamp(v: Value, lo: int, hi: int) -> Value:
     tested on the bits above n instead of with two comparators: a 48-bit saturation costs a
     dozen LUTs instead of two carry chains."""
     v = Value.cast(v)
-    width, is_signed = len(v), v.shape().signed
+    width, is_signed = len(v), cast(Shape, v.shape()).signed     # amaranth's Value.shape() is unannotated
     for n in range(1, width + 1):
         if lo == -(1 << (n - 1)) and hi == (1 << (n - 1)) - 1 and is_signed:
             top = v[n - 1:]                            # all equal when v fits

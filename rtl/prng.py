@@ -1,4 +1,6 @@
 """Hardware twin of :mod:`cimstack.chip.prng`: xorshift32 generators and the Irwin-Hall Gaussian."""
+from typing import cast
+
 from amaranth import *
 
 from cimstack.chip import prng as ref
@@ -10,7 +12,7 @@ def xorshift32_next(x: Value) -> Value:
     """Combinational next state of a 32-bit xorshift (13, 17, 5)."""
     a = (x ^ (x << 13))[:32]
     b = a ^ (a >> 17)
-    return (b ^ (b << 5))[:32]
+    return cast(Value, (b ^ (b << 5))[:32])            # a Slice: amaranth's Value.__getitem__ is unannotated
 
 
 def irwin_hall(x: Value) -> Value:

@@ -11,6 +11,8 @@ Data path of one VMM (``x`` beats in, ``y`` beats out)::
 """
 from __future__ import annotations
 
+from typing import cast
+
 from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -203,7 +205,8 @@ class CrossbarMacro(wiring.Component):
         codes = []
         for c in range(dp.cells_per_unit):
             entry = word[lane * dp.cells_per_unit + c]
-            codes.append(effective(entry.stuck, entry.state[frac:], dp.code_max))
+            # an unsigned field of the view: a Value (View's fields are typed Value | ValueCastable)
+            codes.append(effective(entry.stuck, cast(Value, entry.state)[frac:], dp.code_max))
         neg = codes[1] if dp.cells_per_unit == 2 else dp.ref_code
         diff = Signal(signed(self.cfg.cell.cell_bits + 2), name=f"diff{lane}")
         m.d.comb += diff.eq(codes[0] - neg)

@@ -75,6 +75,7 @@ class SimServer:
         self.proc = subprocess.Popen(
             [str(self.binary), "--port", str(port), "--host", host, "--stats", str(self.stats_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None      # both PIPE
         with selectors.DefaultSelector() as ready:     # a server that hangs before listening is named
             ready.register(self.proc.stdout, selectors.EVENT_READ)
             line = self.proc.stdout.readline() if ready.select(start_timeout) else \

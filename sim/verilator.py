@@ -62,7 +62,8 @@ class CocotbTop:
     bench: str
 
     def run_job(self, job: dict, name: str = "job", testcase: str = "run_job") -> dict:
-        from cocotb_tools.runner import get_results, get_runner  # cocotb only when a bench runs
+        from cocotb_tools.check_results import get_results  # cocotb only when a bench runs (runner re-exports it)
+        from cocotb_tools.runner import get_runner
 
         verilator_env()
         job_dir = self.build_dir / "jobs" / name

@@ -22,7 +22,7 @@ import torch
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import ConfigError, InputRangeError
 from cimstack.golden.writeverify import WriteVerifyJob
-from cimstack.physics.devices import DeviceModel, seed_for
+from cimstack.physics.devices import device_model, seed_for
 
 __all__ = ["Backend", "CellJobs", "WriteVerifyParams", "fabricate", "adc_tie_bias"]
 
@@ -35,7 +35,8 @@ def fabricate(cfg: ChipConfig, seed: int, tile: int) -> np.ndarray:
     dp = cfg.datapath
     gen = torch.Generator().manual_seed(seed_for(seed, tile, _STREAM_FAB))
     shape = (cfg.array.rows, dp.units, dp.cells_per_unit)
-    return DeviceModel(cfg).sample_stuck(shape, gen).numpy()
+    model = device_model(cfg)
+    return model.sample_stuck(shape, gen).numpy()
 
 
 def adc_tie_bias(cfg: ChipConfig, gain: int) -> float:

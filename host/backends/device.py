@@ -70,6 +70,7 @@ class DeviceBackend(Backend):
 
     def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
         p = params.resolved(self.cfg)
+        assert p.amp_max is not None                # resolved() fills it in
         job_list = jobs.jobs(self.cfg)
         if self.wv_mode == "chip":
             return _results(self.dev.write_verify(tile, job_list, p.max_pulses, p.amp_start, p.amp_step, p.amp_max))

@@ -1,6 +1,8 @@
 """The golden backend: the bit-exact NumPy model of the SoC (:class:`cimstack.golden.GoldenSoC`)."""
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -16,6 +18,7 @@ from cimstack.backends.base import (
 )
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.datapath import check_adc_registers
+from cimstack.chip.enums import Polarity
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.tile import Pulse
 
@@ -55,14 +58,17 @@ class GoldenBackend(Backend):
 
     def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
         p = params.resolved(self.cfg)
+        assert p.amp_max is not None                # resolved() fills it in
         return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), p.max_pulses, p.amp_start, p.amp_step,
                                               p.amp_max))
 
     def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
         self._check_tile(tile)
         g = self.soc.tiles[tile]
-        return np.array([g.pulse(Pulse(*map(int, a))) for a in zip(*_cell_args(self.cfg, row, unit, cell, polarity, amplitude))],
-                        dtype=np.int64)
+        args = zip(*_cell_args(self.cfg, row, unit, cell, polarity, amplitude))
+        # the polarity goes in as the int it is: GoldenTile.pulse rejects one that is not a Polarity
+        return np.array([g.pulse(Pulse(r, u, c, cast(Polarity, pol), amp))
+                         for r, u, c, pol, amp in (map(int, a) for a in args)], dtype=np.int64)
 
     def read_cells(self, tile, row, unit, cell):
         self._check_tile(tile)

@@ -63,7 +63,7 @@ def pack(fields: tuple[Field, ...], values: dict[str, int], owner: str, base: in
 
 
 def unpack(fields: tuple[Field, ...], word: int) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for f in fields:
         v = (word >> f.offset) & ((1 << f.width) - 1)
         if f.signed and v >> (f.width - 1):

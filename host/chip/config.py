@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomli_w
 
@@ -69,7 +69,9 @@ class FieldSpec:
     def bounds(self, section: Any) -> tuple[int | float, int | float]:
         """``(lo, hi)`` for the dataclass ``section`` holding the field (a bound that depends on
         another field is evaluated there)."""
-        return tuple(b(section) if callable(b) else b for b in (self.lo, self.hi))
+        # only numeric fields ask, and spec() gives every numeric field both bounds
+        return cast("tuple[int | float, int | float]",
+                    tuple(b(section) if callable(b) else b for b in (self.lo, self.hi)))
 
     def check(self, path: str, value: Any, section: Any) -> None:
         """Raise :class:`ConfigError` naming ``path`` (e.g. ``adc.bits``) and the range unless
@@ -393,7 +395,7 @@ class Datapath:
     verify_noise_q: int    # write-verify read noise scale (state LSBs), NOISE_FRAC_BITS fraction
     config_hash: int       # 32-bit hash of the config, for the gateware's ID register
     input_mode: str = "bit_serial"                             # the config's own mode
-    modes: dict = field(default_factory=dict, compare=False)   # name -> InputMode
+    modes: dict[str, InputMode] = field(default_factory=dict[str, InputMode], compare=False)   # name -> InputMode
 
     def mode(self, name: str | None = None) -> InputMode:
         """The :class:`InputMode` called ``name`` (``None``: the config's own mode)."""
@@ -497,11 +499,11 @@ class ChipConfig:
 
     def replace(self, **changes: Any) -> ChipConfig:
         """A copy with top-level fields replaced; sections may be given as dicts of changes."""
-        resolved = {}
+        resolved: dict[str, Any] = {}
         for key, value in changes.items():
             current = getattr(self, key, None)
             if dataclasses.is_dataclass(current) and isinstance(value, dict):
-                value = _build_section(type(current), value, key, base=current)
+                value = _build_section(type(current), cast("dict[str, Any]", value), key, base=current)
             resolved[key] = value
         return replace(self, **resolved)
 
@@ -517,7 +519,7 @@ class ChipConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChipConfig:
-        if not isinstance(data, dict):
+        if not isinstance(data, dict):  # pyright: ignore[reportUnnecessaryIsInstance]  # runtime guard for untyped callers
             raise ConfigError(f"a chip config must be a table, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
@@ -529,7 +531,7 @@ class ChipConfig:
             if ftype is not None:
                 if not isinstance(value, dict):
                     raise ConfigError(f"[{key}] must be a table, got {value!r}")
-                value = _build_section(ftype, value, key)
+                value = _build_section(ftype, cast("dict[str, Any]", value), key)
             kwargs[key] = value
         return cls(**kwargs)
 
@@ -542,7 +544,7 @@ class ChipConfig:
         return cls.from_dict(data)
 
 
-def _build_section(ftype: type, values: dict[str, Any], section: str, base: Any = None):
+def _build_section(ftype: type, values: dict[str, Any], section: str, base: Any = None) -> Any:
     known = {f.name for f in fields(ftype)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -553,7 +555,8 @@ def _build_section(ftype: type, values: dict[str, Any], section: str, base: Any 
 
 
 #: TOML table name -> section dataclass, as ChipConfig declares them
-_SECTIONS = {f.name: f.default_factory for f in fields(ChipConfig) if f.default_factory is not dataclasses.MISSING}
+_SECTIONS: dict[str, type] = {f.name: cast(type, f.default_factory) for f in fields(ChipConfig)
+                              if f.default_factory is not dataclasses.MISSING}
 
 
 def _derive(cfg: ChipConfig) -> Datapath:

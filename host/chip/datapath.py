@@ -17,7 +17,10 @@ Inputs (signed integers, ``input.bits`` wide) become ``pulses`` signed digits pe
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
+import numpy.typing as npt
 
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import InputRangeError
@@ -26,7 +29,7 @@ __all__ = ["check_weights", "check_inputs", "check_post_params", "weights_to_cod
            "input_digits", "pulse_weights", "slice_weights", "memory_word_bits"]
 
 
-def _as_int_array(a, what: str) -> np.ndarray:
+def _as_int_array(a: npt.ArrayLike, what: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
@@ -38,7 +41,7 @@ def _as_int_array(a, what: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def check_weights(w, cfg: ChipConfig) -> np.ndarray:
+def check_weights(w: npt.ArrayLike, cfg: ChipConfig) -> np.ndarray:
     """Integer weights of shape (rows, cols) within the mapping's range, as int64."""
     dp, a = cfg.datapath, cfg.array
     w = _as_int_array(w, "weights")
@@ -51,7 +54,7 @@ def check_weights(w, cfg: ChipConfig) -> np.ndarray:
     return w
 
 
-def check_inputs(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
+def check_inputs(x: npt.ArrayLike, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     """Integer inputs of shape (..., rows) within the input range of ``mode`` (default: the
     config's input mode), as int64."""
     x = _as_int_array(x, "inputs")
@@ -66,7 +69,7 @@ def check_inputs(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     return x
 
 
-def weights_to_codes(w, cfg: ChipConfig) -> tuple[np.ndarray, np.ndarray]:
+def weights_to_codes(w: npt.ArrayLike, cfg: ChipConfig) -> tuple[np.ndarray, np.ndarray]:
     """Cell codes (G+, G-) of shape (rows, units); for ``offset`` G- is the reference code."""
     dp, cb = cfg.datapath, cfg.cell.cell_bits
     w = check_weights(w, cfg)
@@ -78,12 +81,13 @@ def weights_to_codes(w, cfg: ChipConfig) -> tuple[np.ndarray, np.ndarray]:
         neg = np.where(w[..., None] < 0, digits, 0)
     else:
         half = 1 << (cb - 1)
-        digits, rest = [], w.copy()
+        balanced: list[np.ndarray] = []
+        rest = w.copy()
         for _ in range(dp.slices):
             d = ((rest + half) & mask) - half
-            digits.append(d)
+            balanced.append(d)
             rest = (rest - d) >> cb
-        pos = np.stack(digits, axis=-1) + dp.ref_code
+        pos = np.stack(balanced, axis=-1) + dp.ref_code
         neg = np.full_like(pos, dp.ref_code)
     rows = cfg.array.rows
     return pos.reshape(rows, dp.units), neg.reshape(rows, dp.units)
@@ -94,7 +98,7 @@ def slice_weights(cfg: ChipConfig) -> np.ndarray:
     return np.array([1 << (s * cfg.cell.cell_bits) for s in range(cfg.datapath.slices)], dtype=np.int64)
 
 
-def codes_to_weights(pos, neg, cfg: ChipConfig) -> np.ndarray:
+def codes_to_weights(pos: npt.ArrayLike, neg: npt.ArrayLike, cfg: ChipConfig) -> np.ndarray:
     """Inverse of :func:`weights_to_codes` for any codes: sum_s (G+ - G-) * 2**(s*cb)."""
     dp = cfg.datapath
     diff = (np.asarray(pos, dtype=np.int64) - np.asarray(neg, dtype=np.int64))
@@ -102,7 +106,7 @@ def codes_to_weights(pos, neg, cfg: ChipConfig) -> np.ndarray:
     return diff @ slice_weights(cfg)
 
 
-def input_digits(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
+def input_digits(x: npt.ArrayLike, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     """Signed pulse digits of shape (pulses, ..., rows), in pulse order, for ``mode``
     (default: the config's input mode)."""
     md = cfg.datapath.mode(mode)
@@ -112,7 +116,7 @@ def input_digits(x, cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
         return np.where(np.abs(x)[None] > k, np.sign(x)[None], 0)
     db = md.pulse_shift
     mask = (1 << db) - 1
-    out = []
+    out: list[np.ndarray] = []
     for p in range(md.pulses - 1):
         out.append((x >> (p * db)) & mask)
     out.append(x >> ((md.pulses - 1) * db))          # arithmetic shift: the signed top digit
@@ -125,20 +129,21 @@ def pulse_weights(cfg: ChipConfig, mode: str | None = None) -> np.ndarray:
     return np.array([1 << (p * md.pulse_shift) for p in range(md.pulses)], dtype=np.int64)
 
 
-def check_adc_registers(cfg: ChipConfig, gain, offset) -> tuple[int, int]:
+def check_adc_registers(cfg: ChipConfig, gain: object, offset: object) -> tuple[int, int]:
     """The ADC gain (integration time, 1..255) and offset (ADC codes) registers, checked."""
     lo, hi = cfg.datapath.adc_min, cfg.datapath.adc_max
     for name, v, a, b in (("gain", gain, 1, 255), ("offset", offset, lo, hi)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not a <= v <= b:
             raise InputRangeError(f"ADC {name} must be an integer in {a}..{b}, got {v!r}")
-    return int(gain), int(offset)
+    # the loop above checked both: integers (not bools) within range
+    return int(cast("int | np.integer[Any]", gain)), int(cast("int | np.integer[Any]", offset))
 
 
-def check_post_params(bias, scale, cfg: ChipConfig) -> dict[str, np.ndarray]:
+def check_post_params(bias: npt.ArrayLike | None, scale: npt.ArrayLike | None, cfg: ChipConfig) -> dict[str, np.ndarray]:
     """Per-column post-processing registers within their RTL widths; ``None`` entries are
     left out of the returned dict."""
     p, cols = cfg.post, cfg.array.cols
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for name, value, lo, hi in (("bias", bias, -(1 << (p.bias_bits - 1)), (1 << (p.bias_bits - 1)) - 1),
                                 ("scale", scale, 0, (1 << p.scale_bits) - 1)):
         if value is None:

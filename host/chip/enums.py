@@ -7,7 +7,7 @@ and ``np.where(stuck == Stuck.AT_0, ...)`` work on NumPy arrays and torch tensor
 """
 from __future__ import annotations
 
-from amaranth.lib.enum import IntEnum
+from amaranth.lib.enum import IntEnum  # pyright: ignore[reportMissingTypeStubs]  # amaranth ships no stubs or py.typed
 
 from cimstack.errors import ConfigError
 

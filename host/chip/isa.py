@@ -9,6 +9,7 @@ memory space; RUN unit 2 starts it at register ``SEQ_PC`` with the loop counter 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cimstack.chip.bitfields import Field, pack, unpack
 from cimstack.chip.config import ChipConfig
@@ -88,7 +89,7 @@ def mode_field(name: str | None) -> int:
 @dataclass(frozen=True)
 class Instr:
     op: str
-    args: dict
+    args: dict[str, int]
 
     def __str__(self) -> str:
         return f"{self.op} " + ", ".join(f"{k}={v}" for k, v in self.args.items())
@@ -141,7 +142,7 @@ def check_program(program: list[Instr], cfg: ChipConfig, base: int = 0) -> None:
                                   f"(addresses {base}..{base + pc - 1})")
 
 
-def assemble(program: list[Instr] | list[tuple], cfg: ChipConfig | None = None, base: int = 0) -> list[int]:
+def assemble(program: list[Instr] | list[tuple[Any, ...]], cfg: ChipConfig | None = None, base: int = 0) -> list[int]:
     """Instruction words of ``program`` (``Instr`` or ``(op, {field: value})`` tuples);
     checked against ``cfg`` when given, for loading at instruction address ``base``."""
     program = [p if isinstance(p, Instr) else Instr(p[0], dict(p[1]) if len(p) > 1 else {}) for p in program]

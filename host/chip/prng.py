@@ -21,7 +21,10 @@ generator is ``t * 1024 + 1023``.
 """
 from __future__ import annotations
 
+from typing import Any, overload
+
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["seed_key", "stream_key", "seed_state", "xorshift32", "xorshift32_states", "gauss_from_state", "round_shift", "noise",
            "read_lane_stream", "update_stream", "VERIFY_STREAM"]
@@ -108,7 +111,13 @@ def gauss_from_state(x: np.ndarray) -> np.ndarray:
     return (x & 0xFF) + ((x >> 8) & 0xFF) + ((x >> 16) & 0xFF) + ((x >> 24) & 0xFF) - 510
 
 
-def round_shift(v, n: int):
+@overload
+def round_shift(v: int, n: int) -> int: ...
+@overload
+def round_shift(v: npt.NDArray[Any], n: int) -> npt.NDArray[Any]: ...
+
+
+def round_shift(v: int | npt.NDArray[Any], n: int) -> int | npt.NDArray[Any]:
     """Divide by 2**n rounding half up (add half, arithmetic shift right); n = 0 is identity."""
     if n == 0:
         return v

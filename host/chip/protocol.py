@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
-from amaranth.lib.crc import catalog
+from amaranth.lib.crc import catalog  # pyright: ignore[reportMissingTypeStubs]  # amaranth ships no stubs or py.typed
 
 __all__ = ["FLAG", "ESC", "Op", "ErrorCode", "Frame", "crc16", "encode_frame", "Deframer",
            "RESPONSE_BIT", "HEADER_BYTES", "CRC_BYTES", "read_reg_payload", "write_reg_payload",
@@ -27,6 +28,15 @@ FLAG, ESC, ESC_XOR = 0x7E, 0x7D, 0x20
 RESPONSE_BIT = 0x80
 HEADER_BYTES, CRC_BYTES = 4, 2
 CRC = catalog.CRC16_XMODEM(data_width=8)
+
+
+class _CrcCompute(Protocol):
+    """What :func:`crc16` uses of :data:`CRC` (amaranth's ``Parameters.compute`` is unannotated)."""
+
+    def compute(self, data: bytes) -> int: ...
+
+
+_CRC: _CrcCompute = CRC
 
 
 class Op(enum.IntEnum):
@@ -52,7 +62,7 @@ class ErrorCode(enum.IntEnum):
 
 
 def crc16(data: bytes) -> int:
-    return CRC.compute(data)
+    return _CRC.compute(data)
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,8 @@ class Deframer:
         self._esc = False
         self._overflow = False
 
-    def feed(self, data: bytes) -> list:
-        out = []
+    def feed(self, data: bytes) -> list[Frame | str]:
+        out: list[Frame | str] = []
         for b in data:
             if b == FLAG:
                 if self._overflow:
@@ -116,7 +126,7 @@ class Deframer:
         return out
 
     @staticmethod
-    def _parse(body: bytes):
+    def _parse(body: bytes) -> Frame | str:
         if len(body) < HEADER_BYTES + CRC_BYTES:
             return f"short body ({len(body)} bytes)"
         if crc16(body) != 0:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
-import operator
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
 
 from cimstack.chip import prng
 from cimstack.chip.bitfields import Field, index_bits, pack, unpack
@@ -61,7 +62,7 @@ class Register:
     @property
     def mask(self) -> int:
         """The bits its fields cover: the only bits a rw register stores."""
-        return functools.reduce(operator.or_, (f.mask for f in self.fields), 0)
+        return functools.reduce(int.__or__, (f.mask for f in self.fields), 0)
 
     def pack(self, **values: int) -> int:
         """The register word with the named fields set (others zero)."""
@@ -85,7 +86,8 @@ class MemorySpace:
     tile: int | None = None
 
 
-def _f(name, offset, width, doc, signed=False, enum=None) -> Field:
+def _f(name: str, offset: int, width: int, doc: str, signed: bool = False,
+       enum: type[IntEnum] | None = None) -> Field:
     return Field(name, offset, width, doc, signed, enum)
 
 
@@ -99,7 +101,7 @@ class RegisterMap:
     config_hash: int
     registers: tuple[Register, ...]
     spaces: tuple[MemorySpace, ...]
-    by_name: dict = field(init=False, repr=False, compare=False)
+    by_name: dict[str, Register] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "by_name", {r.name: r for r in self.registers})
@@ -119,7 +121,7 @@ class RegisterMap:
         raise KeyError(f"no memory space {name!r}")
 
     def to_json(self) -> str:
-        def register(r: Register) -> dict:
+        def register(r: Register) -> dict[str, Any]:
             # a field's enum is the RTL's and the host's business, not the file's
             return asdict(r) | {"fields": [{k: v for k, v in asdict(f).items() if k != "enum"} for f in r.fields]}
 
@@ -131,7 +133,7 @@ class RegisterMap:
         }, indent=2)
 
 
-def _layout(fields) -> str:
+def _layout(fields: tuple[Field, ...]) -> str:
     return " | ".join(f"{f.name} ({f.width}{', signed' if f.signed else ''}: {f.doc})" for f in fields) + ", from bit 0 up."
 
 

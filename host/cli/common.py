@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,6 +24,12 @@ from cimstack.errors import (
     ProgrammingError,
     SimulationError,
 )
+
+if TYPE_CHECKING:                # for annotations only: these import torch, and the command line starts without it
+    from cimstack.chip.config import ChipConfig
+    from cimstack.runtime.deployment import Deployment
+    from cimstack.training.checkpoint import LoadedModel
+    from cimstack.zoo.datasets import Split
 
 log = logging.getLogger("cimstack")
 
@@ -134,10 +141,10 @@ def report_folder(given: Path | None, command: str, *names: str) -> Path:
 # -- from files to a deployment ------------------------------------------------------------------
 @dataclass
 class Prepared:
-    cfg: object
-    loaded: object
-    split: object
-    dep: object
+    cfg: ChipConfig
+    loaded: LoadedModel
+    split: Split
+    dep: Deployment
 
     @property
     def tag(self) -> tuple[str, str]:

@@ -93,6 +93,7 @@ def train(arch, width, dataset, epochs, lr, seed, hwa, hwa_epochs, config, out):
     lines = [f"{arch} on {dataset}: test accuracy {100 * stats['test_accuracy']:.2f} % (floating point, "
              f"{stats['epochs']} epochs, {stats['seconds']:.1f} s)"]
     if hwa:
+        assert cfg is not None                  # loaded above for --hwa
         lines.append(f"hardware-aware for {cfg.name}: test accuracy {100 * result['hwa']['test_accuracy']:.2f} % "
                      f"through the chip model")
     lines.append(f"checkpoint: {path}")

@@ -8,12 +8,15 @@ Anything else raises :class:`~cimstack.errors.CompileError` naming the node and 
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from typing import cast, overload
 
 import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.node import Argument
 
 from cimstack.compiler.ir import Graph, Node
 from cimstack.errors import CompileError
@@ -34,6 +37,10 @@ _SUPPORTED = ("Linear, Conv1d, Conv2d (groups=1), BatchNorm1d/2d, ReLU, ReLU6, S
 _LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM, nn.GRU)
 
 
+@overload
+def _np(t: torch.Tensor) -> np.ndarray: ...
+@overload
+def _np(t: torch.Tensor | None) -> np.ndarray | None: ...
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().to(torch.float64).numpy().copy()
 
@@ -77,6 +84,10 @@ class _Importer:
             raise CompileError(f"node {node.name!r} uses {arg.name!r}, which is not a tensor here ({v!r})")
         return v
 
+    def first(self, node: torch.fx.Node) -> str:
+        """The IR value of ``node``'s first argument."""
+        return self.value(node, node.args[0])
+
     def emit(self, fx_node: torch.fx.Node, op: str, inputs, origin: str, **attrs) -> str:
         self.nodes.append(Node(fx_node.name, op, tuple(inputs), attrs, origin))
         self.values[fx_node.name] = fx_node.name
@@ -107,7 +118,7 @@ class _Importer:
         return _fold_batchnorm(graph)
 
     def call_module(self, n: torch.fx.Node) -> None:
-        mod = self.modules[n.target]
+        mod = self.modules[cast(str, n.target)]              # call_module: the module's qualified name
         kind = type(mod).__name__
         origin = f"{kind} {n.target}"
         x = self.value(n, n.args[0]) if n.args else None
@@ -130,7 +141,8 @@ class _Importer:
                 raise self.fail(n, f"{origin} without running statistics (track_running_stats=False)")
             scale = _np(mod.weight) if mod.affine else np.ones(mod.num_features)
             shift = _np(mod.bias) if mod.affine else np.zeros(mod.num_features)
-            inv = scale / np.sqrt(_np(mod.running_var) + mod.eps)
+            running_var = cast(torch.Tensor, mod.running_var)   # registered together with running_mean
+            inv = scale / np.sqrt(_np(running_var) + mod.eps)
             self.emit(n, "affine", [x], origin, scale=inv, shift=shift - _np(mod.running_mean) * inv)
         elif type(mod) in _ACT_MODULES:
             self.emit(n, _ACT_MODULES[type(mod)], [x], origin)
@@ -178,15 +190,17 @@ class _Importer:
         h = mod.hidden_size
         zeros = np.zeros(len(mod.weight_ih_l0))
         self.nodes.append(Node(n.name, "lstm" if isinstance(mod, nn.LSTM) else "gru", (x,), dict(
-            w_ih=_np(mod.weight_ih_l0), w_hh=_np(mod.weight_hh_l0),
-            b_ih=_np(mod.bias_ih_l0) if mod.bias else zeros, b_hh=_np(mod.bias_hh_l0) if mod.bias else zeros,
+            # the layer-0 parameters are set by name (setattr), so their types are not declared
+            w_ih=_np(cast(torch.Tensor, mod.weight_ih_l0)), w_hh=_np(cast(torch.Tensor, mod.weight_hh_l0)),
+            b_ih=_np(cast(torch.Tensor, mod.bias_ih_l0)) if mod.bias else zeros,
+            b_hh=_np(cast(torch.Tensor, mod.bias_hh_l0)) if mod.bias else zeros,
             hidden=h, batch_first=bool(mod.batch_first)), origin))
         # the module returns (output, h_n) or (output, (h_n, c_n))
         self.values[n.name] = ("rnn", n.name, bool(mod.batch_first), isinstance(mod, nn.LSTM))
 
     def getitem(self, n: torch.fx.Node) -> None:
         src, index = n.args
-        v = self.values[src.name]
+        v = self.values[cast(torch.fx.Node, src).name]      # traced from a Proxy: src is a Node
         if isinstance(v, tuple) and v[0] == "rnn":          # (output, h_n) or (output, (h_n, c_n))
             _, rnn_name, batch_first, is_lstm = v
             if index == 0:
@@ -239,17 +253,17 @@ class _Importer:
             self.emit(n, "add", [self.value(n, a), self.value(n, b)], "add")
             return
         if f in _ACT_FUNCS:
-            self.emit(n, _ACT_FUNCS[f], [self.value(n, n.args[0])], name)
+            self.emit(n, _ACT_FUNCS[f], [self.first(n)], name)
             return
         if f is torch.flatten:
             start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
             end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
             if start != 1:
                 raise self.fail(n, f"torch.flatten with start_dim={start}; the batch dimension must stay")
-            self.emit(n, "flatten", [self.value(n, n.args[0])], "flatten", start_dim=1, end_dim=end)
+            self.emit(n, "flatten", [self.first(n)], "flatten", start_dim=1, end_dim=end)
             return
         if f is torch.cat:
-            tensors = n.args[0]
+            tensors = cast(Sequence[Argument], n.args[0])       # torch.cat's list (or tuple) of tensors
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             if dim == 0:
                 raise self.fail(n, "torch.cat along the batch dimension")
@@ -260,7 +274,7 @@ class _Importer:
             kernel = n.args[1] if len(n.args) > 1 else n.kwargs["kernel_size"]
             stride = n.args[2] if len(n.args) > 2 else n.kwargs.get("stride")
             padding = n.args[3] if len(n.args) > 3 else n.kwargs.get("padding", 0)
-            self.pool(n, op, self.value(n, n.args[0]), name, kernel, stride, padding, 1 if "1d" in name else 2,
+            self.pool(n, op, self.first(n), name, kernel, stride, padding, 1 if "1d" in name else 2,
                       n.kwargs.get("dilation", 1), n.kwargs.get("ceil_mode", False),
                       n.kwargs.get("count_include_pad", True))
             return
@@ -268,18 +282,18 @@ class _Importer:
             size = n.args[1] if len(n.args) > 1 else n.kwargs["output_size"]
             if any(s != 1 for s in _pair(size, 2)):
                 raise self.fail(n, f"{name} with output_size={size}; only global pooling (1) is supported")
-            self.emit(n, "global_avgpool", [self.value(n, n.args[0])], name)
+            self.emit(n, "global_avgpool", [self.first(n)], name)
             return
         if f in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
             if dim is None:
                 raise self.fail(n, f"{name} without an explicit dim")
-            self.emit(n, "log_softmax" if "log" in name else "softmax", [self.value(n, n.args[0])], name, dim=dim)
+            self.emit(n, "log_softmax" if "log" in name else "softmax", [self.first(n)], name, dim=dim)
             return
         raise self.fail(n, f"function {name}")
 
     def call_method(self, n: torch.fx.Node) -> None:
-        m = n.target
+        m = cast(str, n.target)                              # call_method: the method's name
         if m == "size":
             self.values[n.name] = ("size",) + tuple(n.args[1:])
             return
@@ -307,7 +321,7 @@ class _Importer:
             self.emit(n, "flatten", [x], "Tensor.flatten", start_dim=1, end_dim=n.args[2] if len(n.args) > 2 else -1)
         elif m == "mean":
             dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+            dims = (dims,) if isinstance(dims, int) else tuple(cast(Sequence[Argument], dims or ()))   # int(s)
             if not dims or 0 in dims:
                 raise self.fail(n, "Tensor.mean over the batch dimension or all dimensions")
             self.emit(n, "mean", [x], "Tensor.mean", dims=dims, keepdim=bool(n.kwargs.get("keepdim", False)))

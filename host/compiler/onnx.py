@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, overload
 
 import numpy as np
 import onnx
@@ -214,6 +215,10 @@ class _Importer:
                                "ReduceMean, Concat and LSTM/GRU")
         return t
 
+    @overload
+    def const(self, c: _Ctx, i: int, role: str, optional: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def const(self, c: _Ctx, i: int, role: str, optional: bool) -> np.ndarray | None: ...
     def const(self, c: _Ctx, i: int, role: str, optional: bool = False) -> np.ndarray | None:
         v = c.input(i)
         if v is None and optional:
@@ -355,7 +360,7 @@ class _Importer:
         return [_as_array(_FOLD[c.op](self, c, *ins))]
 
     def op_Shape(self, c: _Ctx):             # only reached with an activation input
-        x, dims = c.ins[0], self.dims.get(c.node.input[0])
+        x, dims = cast(_Tensor, c.ins[0]), self.dims.get(c.node.input[0])
         if dims and len(dims) == x.rank:     # a dynamic batch becomes the marker _BATCH
             dims = [_BATCH if d is None and x.axes[k] == x.batch else d for k, d in enumerate(dims)]
         if not dims or any(d is None for d in dims):
@@ -690,7 +695,7 @@ class _Importer:
 
     def op_Unsqueeze(self, c):
         x = self.tensor(c, 0)
-        axes = self.ints(c, "axes", 1, 13)
+        axes = cast(list[int], self.ints(c, "axes", 1, 13))    # required: an attribute, an input from opset 13
         rank = x.rank + len(axes)
         view = list(x.axes)
         for k in sorted(_norm_axis(a, rank) for a in axes):
@@ -759,7 +764,7 @@ def _fold_cast(imp, c: _Ctx, x):
 
 
 def _fold_unsqueeze(imp, c: _Ctx, x, *_):
-    axes = _axes_of(imp, c, 13)
+    axes = cast(list[int], _axes_of(imp, c, 13))         # Unsqueeze requires axes (opset 13: an input)
     rank = np.ndim(x) + len(axes)
     for k in sorted(_norm_axis(ax, rank) for ax in axes):
         x = np.expand_dims(x, k)

@@ -28,6 +28,7 @@ Cost model (per inference sample; lower is better)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -225,7 +226,8 @@ def _pack(cfg: ChipConfig, layers: list[MappedLayer], per_layer: bool) -> list[t
                     break
             if spot is None:
                 arrays.append(_Skyline(a.usable_cols, a.usable_rows))
-                spot = (len(arrays) - 1, arrays[-1].find(b.cols, b.rows))
+                # an empty array holds any block: the mapper cuts blocks to the usable area
+                spot = (len(arrays) - 1, cast(tuple[int, int], arrays[-1].find(b.cols, b.rows)))
             t, (x, y) = spot
             arrays[t].add(x, y, b.cols, b.rows)
             out.append((b, t, y, x))

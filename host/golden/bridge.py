@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Callable, Sequence
 
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.enums import RunUnit
@@ -63,11 +64,11 @@ class BridgeModel:
         self.esc = False
         self.frames_ok = self.errors = self.dups = 0
         self.last_ok: int | None = None      # seq of the last successful answer (protocol 3.0)
-        self.codes: Counter = Counter()      # ERROR answers predicted, by code
+        self.codes: Counter[str] = Counter()  # ERROR answers predicted, by code
         self.writes = 0                      # requests that changed the shadow
 
-    def send(self, wire: bytes) -> list:
-        out = []
+    def send(self, wire: bytes) -> list[tuple[Frame, Sequence[int]]]:
+        out: list[tuple[Frame, Sequence[int]]] = []
         for b in wire:
             # the RTL answers a rejected body with the body's own first two bytes as seq and op
             # (0 where the body is shorter); the spec only says "an arbitrary seq", but a
@@ -85,7 +86,8 @@ class BridgeModel:
                 if isinstance(body, Frame):
                     out.append(self.execute(body))
                 else:
-                    out.append((self.error(*(head + [0, 0])[:2], REJECTED.get(body, ErrorCode.BAD_LENGTH)), ()))
+                    seq, op = (head + [0, 0])[:2]
+                    out.append((self.error(seq, op, REJECTED.get(body, ErrorCode.BAD_LENGTH)), ()))
         return out
 
     def error(self, seq: int, op: int, code: int) -> Frame:
@@ -93,7 +95,7 @@ class BridgeModel:
         self.codes[ErrorCode(code).name] += 1
         return Frame(seq, Op.ERROR, bytes((code, op)))
 
-    def execute(self, f: Frame):
+    def execute(self, f: Frame) -> tuple[Frame, Sequence[int]]:
         self.frames_ok += 1
         code, payload, ignore, apply = self.decide(f)
         if f.op in MUTATING and f.seq == self.last_ok:
@@ -106,7 +108,7 @@ class BridgeModel:
         self.last_ok = f.seq
         return Frame(f.seq, f.op | RESPONSE_BIT, payload), ignore
 
-    def decide(self, f: Frame):
+    def decide(self, f: Frame) -> tuple[int, bytes, Sequence[int], Callable[[], None] | None]:
         """(error code or 0, answer payload, answer words not compared, what it applies)
         for a body with a good CRC and length; raises :class:`Unmodelled` for a request whose
         effect the shadow does not model (wo register, wo space, RUN)."""

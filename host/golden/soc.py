@@ -3,6 +3,7 @@ controller and single-cell access, bit for bit what :mod:`cimstack.rtl.soc` does
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from cimstack.chip import prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
@@ -16,7 +17,7 @@ from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check
 __all__ = ["GoldenSoC"]
 
 
-def _wrap32(v):
+def _wrap32(v: npt.ArrayLike) -> np.ndarray:
     return ((np.asarray(v, dtype=np.int64) + (1 << 31)) & 0xFFFF_FFFF) - (1 << 31)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from cimstack.chip import prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
@@ -76,12 +77,12 @@ class GoldenTile:
             dtype=np.uint32)
         self.update_rng = np.array([prng.seed_state(seed, prng.update_stream(self.tile))], dtype=np.uint32)
 
-    def set_post(self, bias=None, scale=None) -> None:
+    def set_post(self, bias: npt.ArrayLike | None = None, scale: npt.ArrayLike | None = None) -> None:
         for name, arr in check_post_params(bias, scale, self.cfg).items():
             setattr(self, name, arr)
 
     # -- programming -----------------------------------------------------------------------
-    def program_weights(self, w) -> None:
+    def program_weights(self, w: npt.ArrayLike) -> None:
         """Set every cell exactly to the code of integer weights ``w`` (fraction bits zero)."""
         pos, neg = weights_to_codes(w, self.cfg)
         frac = self.cfg.cell.frac_bits
@@ -89,7 +90,7 @@ class GoldenTile:
         if self.cfg.datapath.cells_per_unit == 2:
             self.state[..., 1] = neg << frac
 
-    def set_state(self, state, stuck=None) -> None:
+    def set_state(self, state: npt.ArrayLike, stuck: npt.ArrayLike | None = None) -> None:
         dp = self.cfg.datapath
         state = np.asarray(state, dtype=np.int64)
         if state.shape != self.state.shape or state.min() < 0 or state.max() >= 1 << dp.state_bits:
@@ -150,12 +151,12 @@ class GoldenTile:
         return int(self.state[row, unit, cell])
 
     # -- inference -------------------------------------------------------------------------
-    def column_sums(self, x, mode: str | None = None) -> np.ndarray:
+    def column_sums(self, x: npt.ArrayLike, mode: str | None = None) -> np.ndarray:
         """Noise-free analog sums per pulse: shape (pulses, ..., units)."""
         digits = input_digits(x, self.cfg, mode)
         return digits @ self.effective_weights()
 
-    def vmm(self, x, mode: str | None = None) -> np.ndarray:
+    def vmm(self, x: npt.ArrayLike, mode: str | None = None) -> np.ndarray:
         """Run VMMs for inputs of shape (rows,) or (batch, rows), in order, in input ``mode``
         (default: the config's); returns int64 outputs."""
         cfg, dp = self.cfg, self.cfg.datapath
@@ -206,7 +207,7 @@ class GoldenTile:
         entry_bits = dp.state_bits + 2
         entry = self.state | (self.stuck << dp.state_bits)                # (R, U, C)
         entry = entry.reshape(rows, dp.groups, lanes * cells).transpose(1, 0, 2)  # (G, R, L*C)
-        words = []
+        words: list[int] = []
         for vals in entry.reshape(-1, lanes * cells):
             w = 0
             for k, v in enumerate(vals.tolist()):

@@ -2,6 +2,7 @@
 loop the on-chip controller runs, cell by cell, and the checks the hardware applies to a run."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +33,8 @@ class WriteVerifyResult:
     error: int           # last read minus target, saturated to 16 bits
 
 
-def check_write_verify(cfg: ChipConfig, tile: int, jobs, max_pulses: int, amp_start: int,
-                       amp_step: int, amp_max: int) -> None:
+def check_write_verify(cfg: ChipConfig, tile: int, jobs: Iterable[WriteVerifyJob], max_pulses: int,
+                       amp_start: int, amp_step: int, amp_max: int) -> None:
     """Reject a write-verify run the hardware would not execute as asked."""
     a, dp, amax = cfg.array, cfg.datapath, cfg.device.pulse_max_amplitude
     if not 0 <= tile < a.tiles:
@@ -51,12 +52,14 @@ def check_write_verify(cfg: ChipConfig, tile: int, jobs, max_pulses: int, amp_st
                                   f"lanes {a.mac_lanes}, cells {dp.cells_per_unit}, target < {1 << dp.state_bits}, tol <= 255)")
 
 
-def ispp(jobs, read, pulse, max_pulses: int, amp_start: int, amp_step: int, amp_max: int) -> list[WriteVerifyResult]:
+def ispp(jobs: Iterable[WriteVerifyJob], read: Callable[[WriteVerifyJob], int],
+         pulse: Callable[[WriteVerifyJob, Polarity, int], object], max_pulses: int, amp_start: int,
+         amp_step: int, amp_max: int) -> list[WriteVerifyResult]:
     """The write-verify algorithm of the on-chip controller, cell by cell, over two callbacks:
     ``read(job) -> state`` (a noisy verify read) and ``pulse(job, polarity, amplitude)``.
     :meth:`GoldenSoC.write_verify` runs it on the golden tiles; the device backend runs it
     host-driven over the link's single-cell registers."""
-    results = []
+    results: list[WriteVerifyResult] = []
     for j in jobs:
         first = r = read(j)
         pulses, amp, last = 0, amp_start, None

@@ -7,6 +7,7 @@ bad call raises :class:`~cimstack.errors.InputRangeError` and leaves the chip un
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from cimstack.chip import prng
 from cimstack.chip.bitfields import pack, unpack
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.datapath import check_adc_registers, check_post_params
-from cimstack.chip.enums import Polarity, RunUnit
+from cimstack.chip.enums import Polarity, RunUnit, WriteVerifyStatus
 from cimstack.chip.isa import assemble, check_program, disassemble, mode_field
 from cimstack.chip.regmap import ID_MAGIC, PROTOCOL_VERSION, WV_JOB_FIELDS, WV_RESULT_FIELDS, register_map
 from cimstack.errors import ConfigMismatchError, DeviceError, InputRangeError, LinkTimeout
@@ -199,7 +200,7 @@ class Device:
         out = []
         for w in self.read_memory("WV_RESULTS", 0, len(jobs)):
             r = unpack(WV_RESULT_FIELDS, w)
-            out.append(WriteVerifyResult(r["status"], r["pulses"], r["error"]))
+            out.append(WriteVerifyResult(cast(WriteVerifyStatus, r["status"]), r["pulses"], r["error"]))  # the raw field
         return out
 
     def _cell(self, tile: int, row: int, unit: int, cell: int) -> None:

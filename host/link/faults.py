@@ -154,7 +154,7 @@ def soak(device, requests: int, seed: int = 0, region: int = 64) -> dict:
     shadow = [w for lo in range(0, region, 8) for w in until_ok(lambda: device.read_memory("ACT", lo, min(8, region - lo)))]
     scratch = until_ok(lambda: device.read("SCRATCH"))
     dup0 = until_ok(lambda: device.read("LINK_DUPLICATES"))
-    stats = {"requests": 0, "silent_errors": 0, "timeouts": 0, "device_errors": 0, "reads_checked": 0}
+    stats: dict[str, float] = {"requests": 0, "silent_errors": 0, "timeouts": 0, "device_errors": 0, "reads_checked": 0}
     retries0 = link.stats.retries
 
     def settle(addrs) -> None:

@@ -162,6 +162,7 @@ class Link:
         raise LinkTimeout(f"{op.name} to {self.url}: {last_problem} after {self.retries + 1} attempt(s)")
 
     def _write(self, data: bytes) -> None:
+        assert self.port is not None                  # request() refuses a closed link
         try:
             self.port.write(data)
             self.port.flush()
@@ -169,6 +170,7 @@ class Link:
             raise LinkError(f"writing to {self.url} failed: {exc}") from None
 
     def _await(self, seq: int) -> Frame:
+        assert self.port is not None                  # request() refuses a closed link
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             try:

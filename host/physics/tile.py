@@ -48,7 +48,7 @@ from cimstack.chip.datapath import check_post_params, weights_to_codes
 from cimstack.chip.enums import Stuck
 from cimstack.errors import ConfigError, InputRangeError
 from cimstack.physics.converters import Adc, Dac, as_input_tensor, post_process, shift_add
-from cimstack.physics.devices import DeviceModel, level_step_us, seed_for
+from cimstack.physics.devices import device_model, level_step_us, seed_for
 from cimstack.physics.irdrop import IR_MODELS, IrDrop
 
 __all__ = ["ColumnCurrents", "GoldenTileState", "ideal_column_currents", "TileEmulator"]
@@ -132,7 +132,7 @@ class TileEmulator:
             column_currents = IrDrop(r_wire, r_wire, ir_drop) if r_wire > 0 and ir_drop != "off" else ideal_column_currents
         self.column_currents: ColumnCurrents = column_currents
         self.read_noise = read_noise
-        self.devices = DeviceModel(cfg)
+        self.devices = device_model(cfg)
         self.dac, self.adc = Dac(cfg), Adc(cfg)
         dp, a = cfg.datapath, cfg.array
         self.frac_scale = float(1 << cfg.cell.frac_bits)
@@ -303,6 +303,7 @@ class TileEmulator:
         g = self._stuck_override(g, self.stuck).reshape(rows, -1)
         nu = self.nu.reshape(rows, -1)
         if ref is not None:
+            assert self.ref_nu is not None            # a reference column (offset scheme) has its drift exponents
             g = torch.cat([g, ref], dim=-1)
             nu = torch.cat([nu, self.ref_nu], dim=-1)
         return g, nu

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def encode(v):
     return v
 
 
-def decode(v):
+def decode(v: Any) -> Any:
     """The inverse of :func:`encode`."""
     if isinstance(v, dict):
         if set(v) == {_ND}:

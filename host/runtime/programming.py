@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from tqdm import tqdm
@@ -102,7 +103,7 @@ def program(dep, backend: Backend, params: WriteVerifyParams, *, tol: int | None
     with ``params``, then repair; see :meth:`cimstack.Deployment.program`."""
     check_backend(dep, backend)
     params = params.resolved(dep.cfg)
-    tol = dep._tol(tol)
+    tol = cast(int, dep._tol(tol))             # Deployment._tol: never None
     t0 = time.perf_counter()
     dep.clear_line_maps()                           # a fresh chip: lines in place
     backend.erase(dep.placement.tiles_used, dep.seed)
@@ -162,7 +163,7 @@ def refresh(dep, backend: Backend, params: WriteVerifyParams, *, tol: int | None
             strict: bool = False) -> ProgramReport:
     """Write-verify again the cells :func:`check_cells` finds out of tolerance, then repair;
     see :meth:`cimstack.Deployment.refresh`."""
-    tol = dep._tol(tol)
+    tol = cast(int, dep._tol(tol))             # Deployment._tol: never None
     params = params.resolved(dep.cfg)
     t0 = time.perf_counter()
     drifted = check_cells(dep, backend, tol)

@@ -9,16 +9,16 @@ training with a digital accumulator, and chip-in-the-loop fine-tuning.
 * :mod:`.chip_in_loop`: forward on any backend, backward in software.
 """
 from cimstack.training.analog import (
-                                      AnalogConv1d,
-                                      AnalogConv2d,
-                                      AnalogLayer,
-                                      AnalogLinear,
-                                      Nonidealities,
-                                      analog_layers,
-                                      analog_matmul,
-                                      clip_weights,
-                                      convert,
-                                      set_nonidealities,
+    AnalogConv1d,
+    AnalogConv2d,
+    AnalogLayer,
+    AnalogLinear,
+    Nonidealities,
+    analog_layers,
+    analog_matmul,
+    clip_weights,
+    convert,
+    set_nonidealities,
 )
 from cimstack.training.chip_in_loop import ChipInTheLoop
 from cimstack.training.hwa import noise_finetune, stage_plan, train_hwa

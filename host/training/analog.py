@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ from cimstack.chip.enums import Stuck
 from cimstack.compiler.mapper import even_splits
 from cimstack.errors import ConfigError
 from cimstack.physics.converters import Adc, Dac, round_half_up
-from cimstack.physics.devices import DeviceModel, level_step_us
+from cimstack.physics.devices import DeviceModel, device_model, level_step_us
 from cimstack.physics.irdrop import fast_transfer
 
 __all__ = ["Nonidealities", "analog_matmul", "AnalogLayer", "AnalogLinear", "AnalogConv1d", "AnalogConv2d",
@@ -241,7 +242,8 @@ def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | floa
         return x @ m
     dp = cfg.datapath
     md = dp.mode()
-    devices = devices or DeviceModel(cfg)
+    if devices is None:
+        devices = device_model(cfg)
     # 1. inputs
     n_in = x.shape[-1]
     r = x_range if isinstance(x_range, torch.Tensor) else torch.tensor(float(x_range), dtype=x.dtype)
@@ -277,10 +279,17 @@ def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | floa
         codes = adc(s) - adc.offset
         part = torch.einsum("pbus,p,s->bu", codes.reshape(*codes.shape[:2], out_f, slices), pw, sw)
         y = part if y is None else y + part
+    assert y is not None                                 # even_splits gives at least one block
     return y * (1.0 / adc.scale) * s_x * s_w
 
 
-class AnalogLayer:
+if TYPE_CHECKING:
+    _ModuleMixin = nn.Module      # AnalogLayer is mixed into nn.Linear / nn.Conv*d: it uses their Module
+else:
+    _ModuleMixin = object
+
+
+class AnalogLayer(_ModuleMixin):
     """What the analog layers share: the chip config, the non-idealities, a learned input range.
 
     ``enabled`` switches the chip model on (the staged schedule turns layers on one by one);
@@ -293,12 +302,15 @@ class AnalogLayer:
     nonidealities: Nonidealities
     enabled: bool
     init_percentile: float = 99.0
+    if TYPE_CHECKING:             # set by _setup_analog (a buffer) and by the nn layer mixed in
+        range_initialised: torch.Tensor
+        weight: torch.Tensor
 
     def _setup_analog(self, cfg: ChipConfig, ni: Nonidealities, enabled: bool) -> None:
         if not isinstance(cfg, ChipConfig):
             raise ConfigError(f"analog layers need a ChipConfig, got {type(cfg).__name__}")
         self.chip, self.nonidealities, self.enabled = cfg, ni, enabled
-        self.devices = DeviceModel(cfg)
+        self.devices = device_model(cfg)
         self.input_range = nn.Parameter(torch.zeros(()))
         self.register_buffer("range_initialised", torch.zeros((), dtype=torch.bool))
 
@@ -340,12 +352,14 @@ def conv_as_matmul(mod: nn.Module, x: torch.Tensor, matmul) -> torch.Tensor:
     """A Conv1d/Conv2d module's output without bias, with the product of its im2col patches
     (positions, C*k) and its (C*k, out) matrix computed by ``matmul(patches)`` (the IR's
     conv lowering: patch order is the weight's ``reshape(out, -1)`` order)."""
+    conv = cast("nn.Conv1d | nn.Conv2d", mod)
+    padding = cast("tuple[int, ...]", conv.padding)        # integer padding (not "same"/"valid")
     two_d = isinstance(mod, nn.Conv2d)
     x4 = x if two_d else x.unsqueeze(-2)
-    k = mod.kernel_size if two_d else (1, mod.kernel_size[0])
-    pad = mod.padding if two_d else (0, mod.padding[0])
-    stride = mod.stride if two_d else (1, mod.stride[0])
-    dil = mod.dilation if two_d else (1, mod.dilation[0])
+    k = conv.kernel_size if two_d else (1, conv.kernel_size[0])
+    pad = padding if two_d else (0, padding[0])
+    stride = conv.stride if two_d else (1, conv.stride[0])
+    dil = conv.dilation if two_d else (1, conv.dilation[0])
     cols = F.unfold(x4, k, dilation=dil, padding=pad, stride=stride)               # (N, C*k, L)
     n, ck, positions = cols.shape
     y = matmul(cols.transpose(1, 2).reshape(n * positions, ck))
@@ -356,6 +370,13 @@ def conv_as_matmul(mod: nn.Module, x: torch.Tensor, matmul) -> torch.Tensor:
 
 
 class _AnalogConv(AnalogLayer):
+    if TYPE_CHECKING:             # from the nn.Conv1d / nn.Conv2d mixed in
+        out_channels: int
+        bias: torch.Tensor | None
+
+        def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None) -> torch.Tensor: ...
+
     def __init__(self, *args, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
                  enabled: bool = True, **kw):
         super().__init__(*args, **kw)                     # nn.Conv1d / nn.Conv2d
@@ -377,7 +398,7 @@ class AnalogConv2d(_AnalogConv, nn.Conv2d):
 
 
 def _analog_twin(mod: nn.Module, cfg: ChipConfig, ni: Nonidealities, enabled: bool) -> nn.Module | None:
-    common = dict(cfg=cfg, nonidealities=ni, enabled=enabled)
+    common: dict[str, Any] = dict(cfg=cfg, nonidealities=ni, enabled=enabled)
     if type(mod) is nn.Linear:
         new = AnalogLinear(mod.in_features, mod.out_features, mod.bias is not None, **common)
     elif type(mod) in (nn.Conv1d, nn.Conv2d):
@@ -390,7 +411,8 @@ def _analog_twin(mod: nn.Module, cfg: ChipConfig, ni: Nonidealities, enabled: bo
     else:
         return None
     new.load_state_dict(mod.state_dict(), strict=False)
-    return new.to(mod.weight.device, mod.weight.dtype)
+    weight = cast(torch.Tensor, mod.weight)               # mod is an nn.Linear / nn.Conv1d / nn.Conv2d
+    return new.to(weight.device, weight.dtype)
 
 
 def convert(model: nn.Module, cfg: ChipConfig, nonidealities: Nonidealities = Nonidealities(),
@@ -401,7 +423,7 @@ def convert(model: nn.Module, cfg: ChipConfig, nonidealities: Nonidealities = No
     for name, child in list(model.named_children()):
         if isinstance(child, AnalogLayer):
             child.chip, child.nonidealities, child.enabled = cfg, nonidealities, enabled
-            child.devices = DeviceModel(cfg)
+            child.devices = device_model(cfg)
             continue
         twin = _analog_twin(child, cfg, nonidealities, enabled)
         if twin is not None:

@@ -30,7 +30,7 @@ from cimstack.zoo.datasets import Split
 __all__ = ["ChipInTheLoop"]
 
 
-def _module_matrix(mod: nn.Module) -> np.ndarray:
+def _module_matrix(mod: nn.Linear | nn.Conv1d | nn.Conv2d) -> np.ndarray:
     w = mod.weight.detach().to(torch.float64)
     return w.reshape(w.shape[0], -1).t().numpy()
 
@@ -81,7 +81,7 @@ class ChipInTheLoop:
             self._hooked.append(mod)
 
     def _hook(self, name: str, scale: torch.Tensor):
-        def hook(mod: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+        def hook(mod: nn.Linear | nn.Conv1d | nn.Conv2d, args, out: torch.Tensor) -> torch.Tensor:
             x = args[0].detach().to(torch.float64)
             if isinstance(mod, nn.Linear):
                 x2d = x.reshape(-1, mod.in_features)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from cimstack.backends import Backend, CellJobs, WriteVerifyParams
 from cimstack.chip.datapath import pulse_weights, slice_weights
 from cimstack.chip.enums import Polarity
 from cimstack.errors import ConfigError
-from cimstack.physics.devices import DeviceModel
+from cimstack.physics.devices import device_model
 from cimstack.zoo.datasets import Split
 
 __all__ = ["MixedPrecisionMLP", "MixedPrecisionStats"]
@@ -98,7 +99,7 @@ class MixedPrecisionMLP:
         self.full = float((1 << dp.state_bits) - 1)
         self.refresh_level = refresh_at * self.full
         self.w_unit = w_max / self.full
-        self.eps = float(DeviceModel(cfg).pulse_step_mean(torch.tensor(self.full / 4), Polarity.SET, 1))
+        self.eps = float(device_model(cfg).pulse_step_mean(torch.tensor(self.full / 4), Polarity.SET, 1))
         self.md = dp.mode()
         # output units -> x @ (G+ - G-) in states: undo ADC gain and the code = state >> frac read
         top = dp.slices - 1                          # the pair of the most significant slice
@@ -127,6 +128,7 @@ class MixedPrecisionMLP:
         if rows is None:
             rows, cols = np.meshgrid(np.arange(d.shape[0]), np.arange(d.shape[1]), indexing="ij")
             rows, cols, d = rows.ravel(), cols.ravel(), d.ravel()
+        assert cols is not None                            # given together with rows
         pos, neg = np.maximum(d, 0), np.maximum(-d, 0)
         r, u = np.concatenate([rows, rows]), self._unit(np.concatenate([cols, cols]))
         c = np.concatenate([np.zeros_like(rows), np.ones_like(rows)])
@@ -155,10 +157,12 @@ class MixedPrecisionMLP:
     def _vmm(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chip's ``x @ W`` for a batch; also the quantised inputs it used."""
         a, md = self.cfg.array, self.md
-        if self.ranges[layer] is None or self.training:
+        x_range = self.ranges[layer]
+        if x_range is None or self.training:
             r = float(np.percentile(x.abs().numpy(), self.range_percentile)) or 1.0
-            self.ranges[layer] = r if self.ranges[layer] is None else 0.9 * self.ranges[layer] + 0.1 * r
-        s_x = self.ranges[layer] / md.in_max
+            x_range = r if x_range is None else 0.9 * x_range + 0.1 * r
+            self.ranges[layer] = x_range
+        s_x = x_range / md.in_max
         xi = torch.clamp(torch.round(x / s_x), md.in_min, md.in_max)
         pad = np.zeros((len(x), a.rows), dtype=np.int64)
         pad[:, :x.shape[1]] = xi.to(torch.int64).numpy()
@@ -169,6 +173,12 @@ class MixedPrecisionMLP:
     # -- training ------------------------------------------------------------------------------------
     training = False
 
+    @overload
+    def forward(self, x: torch.Tensor, keep: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def forward(self, x: torch.Tensor, keep: Literal[True]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]: ...
+    @overload
+    def forward(self, x: torch.Tensor, keep: bool) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]: ...
     def forward(self, x: torch.Tensor, keep: bool = False):
         acts, h = [], x.to(torch.float64)
         for layer in range(len(self.states)):

@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from tqdm import tqdm
@@ -49,6 +50,8 @@ from cimstack.runtime.settings import LayerSetting, Settings
 from cimstack.tuning.search import SEARCHERS
 
 __all__ = ["Tuner", "LayerScore", "LayerReport", "TuningReport", "gain_grid", "SCALES"]
+
+_Chip = tuple[Deployment, MappedLayer, Backend]           # a layer alone, programmed on a fresh chip
 
 SCALES = (0.4, 0.5, 0.63, 0.8, 1.0, 1.25, 1.6, 2.0)     # input-range multipliers searched
 NOISE_SEED = 12345                                      # read-noise seed of every evaluation
@@ -192,7 +195,7 @@ class Tuner:
                 "copies": list(self.copies if copies is None else copies)}
 
     # -- stage 1: emulator in the loop -----------------------------------------------------------
-    def _scratch(self, layer: MappedLayer, copies: int):
+    def _scratch(self, layer: MappedLayer, copies: int) -> _Chip:
         """``layer`` alone with ``copies`` copies, placed and programmed on a fresh chip."""
         alone = with_copies(layer, self.cfg, copies)
         placement = place([alone], self.cfg, "layer_per_array")
@@ -215,9 +218,9 @@ class Tuner:
         for name in _progress(names, "tuning", progress):
             t1 = time.perf_counter()
             layer, start = self.dep.by_name[name], self.start.layers[name]
-            chips: dict[int, tuple] = {}
+            chips: dict[int, _Chip | None] = {}
 
-            def chip(c: int):
+            def chip(c: int) -> _Chip | None:
                 """(deployment, layer, backend) with ``c`` copies; None where they do not fit."""
                 if c not in chips:
                     try:
@@ -232,11 +235,11 @@ class Tuner:
                 made = chip(p["copies"])
                 return math.inf if made is None else self.score(*made, LayerSetting(**p)).fom
 
-            base = dict(start.__dict__, copies=1)
-            before = self.score(*chip(1), LayerSetting(**base))
+            base: dict[str, Any] = dict(start.__dict__, copies=1)
+            before = self.score(*cast(_Chip, chip(1)), LayerSetting(**base))       # one copy fits (or chip raises)
             res = SEARCHERS[searcher](self.space(name), objective, start=base, **search_args)
             best = LayerSetting(**res.best)
-            after = self.score(*chip(best.copies), best)
+            after = self.score(*cast(_Chip, chip(best.copies)), best)     # copies that do not fit score inf
             report.settings.layers[name] = best
             report.layers.append(LayerReport(name, before, after, best, res.evaluations, time.perf_counter() - t1))
         report.seconds = time.perf_counter() - t0
@@ -248,14 +251,14 @@ class Tuner:
         layer (everything else as compiled), the one minimising the sum of the layers' ln NMSE
         on emulator chips; returns it and the settings."""
         chips = {layer.name: self._scratch(layer, 1) for layer in self.dep.layers}
-        totals = {}
+        totals: dict[int, float] = {}
         for g in gain_grid(self.cfg.adc.gain):
             totals[g] = 0.0
             for name, made in chips.items():
-                s = LayerSetting(**dict(self.start.layers[name].__dict__, adc_gain=g, copies=1))
+                s = _changed(self.start.layers[name], adc_gain=g, copies=1)
                 totals[g] += math.log(max(self.score(*made, s).nmse, 1e-12))
-        best = min(totals, key=totals.get)
-        layers = {n: LayerSetting(**dict(s.__dict__, adc_gain=best)) for n, s in self.start.layers.items()}
+        best = min(totals, key=totals.__getitem__)
+        layers = {n: _changed(s, adc_gain=best) for n, s in self.start.layers.items()}
         return best, Settings(self.cfg.name, self.cfg.datapath.config_hash, layers, {"stage": "global gain"})
 
     # -- stage 2: device in the loop --------------------------------------------------------------
@@ -303,6 +306,12 @@ class Tuner:
         if unknown:
             raise ConfigError(f"no analog layer(s) {', '.join(sorted(unknown))}; layers: {', '.join(self.dep.by_name)}")
         return names
+
+
+def _changed(s: LayerSetting, **changes: Any) -> LayerSetting:
+    """A new setting from the fields of ``s`` with ``changes`` (typed: the fields' dict mixes types)."""
+    fields: dict[str, Any] = dict(s.__dict__, **changes)
+    return LayerSetting(**fields)
 
 
 def _progress(items, desc: str, enabled: bool):

@@ -11,6 +11,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -55,8 +56,9 @@ def digits(shape: str = "flat", test_fraction: float = 0.2, seed: int = 0) -> Sp
     # scikit-learn takes about a second to import: only when the digits set is asked for
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+    from sklearn.utils import Bunch
 
-    data = load_digits()
+    data = cast(Bunch, load_digits())          # a Bunch without return_X_y (its annotation also allows the tuple)
     x = (data.data / 16.0).astype(np.float32).reshape(-1, *SHAPES[shape])
     y = data.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, stratify=y,

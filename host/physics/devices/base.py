@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Self, cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from cimstack.chip.enums import Polarity, Stuck
 from cimstack.errors import InputRangeError
 from cimstack.physics.devices.registry import model_class
 
-__all__ = ["DeviceModel", "seed_for"]
+__all__ = ["DeviceModel", "device_model", "seed_for"]
 
 
 def normal(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ class DeviceModel(ABC):
         if cls is DeviceModel:
             if cfg is None:
                 raise TypeError("DeviceModel(cfg) needs a chip config to pick the device model")
-            cls = model_class(cfg.device.model)
+            cls = cast("type[Self]", model_class(cfg.device.model))   # a registered DeviceModel subclass
         return super().__new__(cls)          # a copy or an unpickled subclass comes in here without cfg
 
     def __init__(self, cfg: ChipConfig):
@@ -209,6 +210,12 @@ def check_time(t: float) -> None:
     """Refuse a read or drift time that is not a positive, finite number of seconds."""
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
         raise InputRangeError(f"time t must be a positive number of seconds, got {t!r}")
+
+
+def device_model(cfg: ChipConfig, model: str | None = None) -> DeviceModel:
+    """The device model of ``cfg``: an instance of the class registered as ``cfg.device.model``
+    (or as ``model``, where given). ``DeviceModel(cfg)`` does the same."""
+    return cast(DeviceModel, model_class(cfg.device.model if model is None else model)(cfg))
 
 
 def seed_for(seed: int, *keys: int) -> int:

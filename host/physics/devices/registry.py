@@ -1,18 +1,17 @@
 """The device-model registry: ``device.model`` name -> :class:`~.base.DeviceModel` subclass.
 
 A model registers itself with the :func:`register_device_model` decorator when its module is
-imported (the package ``__init__`` imports the built-in ones); :func:`device_model` and
+imported (the package ``__init__`` imports the built-in ones); :func:`~.base.device_model` and
 ``DeviceModel(cfg)`` look the config's ``device.model`` up here.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from cimstack.chip.config import ChipConfig
 from cimstack.errors import ConfigError
 
-__all__ = ["DEVICE_MODELS", "register_device_model", "registered_models", "model_class", "device_model"]
+__all__ = ["DEVICE_MODELS", "register_device_model", "registered_models", "model_class"]
 
 # The registry holds DeviceModel subclasses, but does not import base (base imports this module to
 # pick a subclass in DeviceModel(cfg)); `type` stands for "a DeviceModel subclass" below.
@@ -58,9 +57,3 @@ def model_class(name: str) -> type:
     except (KeyError, TypeError):
         raise ConfigError(f"device.model = {name!r} is not a registered device model; "
                           f"registered: {', '.join(registered_models())}") from None
-
-
-def device_model(cfg: ChipConfig, model: str | None = None) -> Any:
-    """The device model of ``cfg``: an instance of the class registered as ``cfg.device.model``
-    (or as ``model``, where given). ``DeviceModel(cfg)`` does the same."""
-    return model_class(cfg.device.model if model is None else model)(cfg)
