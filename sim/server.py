@@ -131,14 +131,15 @@ def serve(cfg: ChipConfig, port: int = 0, host: str = "127.0.0.1", pty: bool = F
     def handler(signum, frame):
         stop["now"] = True
 
-    old = signal.signal(signal.SIGTERM, handler)
+    # Ctrl-C and SIGTERM stop the server the same way; SIGINT is handled here rather than as
+    # KeyboardInterrupt, which a process started in the background (SIGINT ignored) never sees
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop["now"] and server.proc.poll() is None:
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
         if bridge is not None:
             bridge.close()
         server.stop()
