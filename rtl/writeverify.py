@@ -2,7 +2,7 @@
 verify reads, and gives the host single-cell reads and pulses.
 
 The algorithm and its status codes are those of :meth:`cimstack.golden.GoldenSoC.write_verify`
-(bit-exact, including the verify generator, stream :data:`cimstack.golden.VERIFY_STREAM`).
+(bit-exact, including the verify generator, stream :data:`cimstack.chip.prng.VERIFY_STREAM`).
 """
 from __future__ import annotations
 
