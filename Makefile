@@ -39,7 +39,7 @@ lint: $(STAMP)
 	rm -rf build/typecheck && mkdir -p build/typecheck/cimstack
 	for f in host/*; do ln -s ../../../$$f build/typecheck/cimstack/; done
 	for d in rtl gen sim boards; do ln -s ../../../$$d build/typecheck/cimstack/$$d; done
-	$(VENV)/bin/pyright
+	$(VENV)/bin/pyright --project pyproject.toml
 
 ## gen: write the SoC Verilog and register map (JSON, Markdown, C header) for PRESET under build/gen
 gen: $(STAMP)

@@ -100,15 +100,20 @@ class NodalSolver:
         ii, jj, vv = [], [], []
 
         def branch(a: np.ndarray, b: np.ndarray, cond: np.ndarray) -> None:
-            ii.extend((a, b)), jj.extend((b, a)), vv.extend((-cond, -cond))
-            np.add.at(diag, a, cond), np.add.at(diag, b, cond)
+            ii.extend((a, b))
+            jj.extend((b, a))
+            vv.extend((-cond, -cond))
+            np.add.at(diag, a, cond)
+            np.add.at(diag, b, cond)
 
         branch(wl[:, :-1].ravel(), wl[:, 1:].ravel(), np.full(rows * (cols - 1), gw))   # word lines
         branch(bl[:-1, :].ravel(), bl[1:, :].ravel(), np.full((rows - 1) * cols, gb))   # bit lines
         branch(wl.ravel(), bl.ravel(), g.ravel())                                        # the cells
         diag[wl[:, 0]] += gw            # driver segment (to the source voltage)
         diag[bl[-1, :]] += gb           # sense segment (to the virtual ground)
-        ii.append(np.arange(2 * n)), jj.append(np.arange(2 * n)), vv.append(diag)
+        ii.append(np.arange(2 * n))
+        jj.append(np.arange(2 * n))
+        vv.append(diag)
         return sp.csc_matrix((np.concatenate(vv), (np.concatenate(ii), np.concatenate(jj))), shape=(2 * n, 2 * n))
 
     def node_voltages(self, v) -> tuple[np.ndarray, np.ndarray]:

@@ -37,10 +37,12 @@ def placement_map(placement) -> object:
                              squeeze=False)
     colours = _layer_colours([layer.name for layer in placement.layers])
     for ax, t in zip(axes.flat, tiles):
-        ax.set_xlim(0, a.cols), ax.set_ylim(a.rows, 0)
+        ax.set_xlim(0, a.cols)
+        ax.set_ylim(a.rows, 0)
         ax.set_aspect("equal")
         ax.set_title(f"tile {t}: {100 * placement.utilisation(t):.0f} % used", fontsize=9)
-        ax.set_xlabel("weight column", fontsize=8), ax.set_ylabel("row", fontsize=8)
+        ax.set_xlabel("weight column", fontsize=8)
+        ax.set_ylabel("row", fontsize=8)
         ax.tick_params(labelsize=7)
         for layer in placement.layers:
             for b in layer.blocks:
@@ -73,7 +75,9 @@ def programming_histograms(report, cfg: ChipConfig):
     bins = np.linspace(min(cfg.device.g_min_us, g_prog.min(initial=0)), max(cfg.device.g_max_us, g_prog.max(initial=1)), 80)
     left.hist(g_target, bins=bins, alpha=0.55, label="target", color="tab:blue")
     left.hist(g_prog, bins=bins, histtype="step", linewidth=1.3, label="programmed", color="tab:red")
-    left.set_xlabel("conductance (µS)"), left.set_ylabel("cells"), left.set_yscale("log")
+    left.set_xlabel("conductance (µS)")
+    left.set_ylabel("cells")
+    left.set_yscale("log")
     left.legend(fontsize=8)
     left.set_title(f"{len(targets)} cells on {report.backend}", fontsize=9)
     colours = _layer_colours(list(report.errors))
@@ -85,7 +89,8 @@ def programming_histograms(report, cfg: ChipConfig):
     tol = max((1 << (cfg.cell.frac_bits - 1)) - 1, 0) if cfg.cell.frac_bits else 0
     for x in (-tol - 0.5, tol + 0.5):
         right.axvline(x, color="black", linestyle=":", linewidth=1)
-    right.set_xlabel("final error (state LSBs; dotted: default tolerance)"), right.set_ylabel("cells")
+    right.set_xlabel("final error (state LSBs; dotted: default tolerance)")
+    right.set_ylabel("cells")
     right.set_yscale("log")
     right.legend(fontsize=8)
     right.set_title(f"programming error: {report.failed_cells} cells out of tolerance", fontsize=9)
@@ -112,7 +117,8 @@ def accuracy_sweep(sweeps: dict[str, dict], reference: dict[str, float]):
             ax.axhline(100 * value, color="black", linestyle=style, linewidth=1, label=label)
         if sw.get("log"):
             ax.set_xscale("log")
-        ax.set_xlabel(sw["xlabel"]), ax.set_ylabel("test accuracy (%)")
+        ax.set_xlabel(sw["xlabel"])
+        ax.set_ylabel("test accuracy (%)")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
@@ -129,9 +135,11 @@ def tuning_errors(report):
     ax.bar(x - 0.2, [r.before.nmse for r in report.layers], 0.4, label="before", color="tab:gray")
     ax.bar(x + 0.2, [r.after.nmse for r in report.layers], 0.4, label="after", color="tab:green")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_yscale("log"), ax.set_ylabel("NMSE against floating point")
+    ax.set_yscale("log")
+    ax.set_ylabel("NMSE against floating point")
     ax.set_title(f"{report.stage} tuning ({report.searcher}): {report.evaluations} evaluations", fontsize=10)
-    ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -147,7 +155,8 @@ def resources(report):
         r = report.resources[n]
         ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{r['used']} / {r['available']}",
                 va="center", fontsize=8)
-    ax.set_xlim(0, 115), ax.set_xlabel("used (% of the device)")
+    ax.set_xlim(0, 115)
+    ax.set_xlabel("used (% of the device)")
     ax.invert_yaxis()
     fmax = f"{report.fmax_mhz:.1f}" if report.fmax_mhz else "?"
     ax.set_title(f"{report.board} ({report.device}): fmax {fmax} MHz, target {report.target_mhz:.1f} MHz", fontsize=10)

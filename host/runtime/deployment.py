@@ -16,6 +16,7 @@ refresh to :mod:`cimstack.runtime.programming`, running on a backend to
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,7 +110,9 @@ class Deployment:
 
     def clear_line_maps(self) -> None:
         """Every line back in place (a fresh chip); the cell targets follow."""
-        self.row_map.clear(), self.col_map.clear(), self._targets.clear()
+        self.row_map.clear()
+        self.col_map.clear()
+        self._targets.clear()
 
     def tile_weights(self, tile: int) -> np.ndarray:
         """The integer weight matrix (rows, cols) of a tile as the cells hold it: every block
@@ -169,7 +172,9 @@ class Deployment:
             r, u, c = np.meshgrid(row_map[b.row:b.row + b.rows],
                                   (phys_cols[:, None] * dp.slices + np.arange(dp.slices)).ravel(),
                                   np.arange(dp.cells_per_unit), indexing="ij")
-            rows.append(r.ravel()), units.append(u.ravel()), cells.append(c.ravel())
+            rows.append(r.ravel())
+            units.append(u.ravel())
+            cells.append(c.ravel())
         if not rows:
             return CellJobs([], [], [], [], [])
         r, u, c = (np.concatenate(v) for v in (rows, units, cells))
@@ -342,7 +347,7 @@ class Deployment:
 
 def compile(model, config: ChipConfig, example=None, *, strategy: str = "auto", weight_scale: str = "per_column",
             copies: int | dict[str, int] = 1, percentile: float = 99.0, seed: int | None = None,
-            settings: Settings | str | None = None, ir_compensation: bool | None = None) -> Deployment:
+            settings: Settings | str | Path | None = None, ir_compensation: bool | None = None) -> Deployment:
     """Import, quantise, tile and place ``model`` (a ``torch.nn.Module``, an ONNX model or
     file, or a CIM IR :class:`Graph`) for the chip ``config``.
 
