@@ -45,11 +45,12 @@ lint: $(STAMP)
 gen: $(STAMP)
 	$(VENV)/bin/cimstack gen --config $(PRESET)
 
-## bench: SoC, model, training, tuning/IR-drop, link-fault, spare-line repair and full-size bitstream benchmarks (JSON under build/bench/; training also times aihwkit-lightning in its own venv)
+## bench: SoC, model, training, emulator speed, tuning/IR-drop, link-fault, spare-line repair and full-size bitstream benchmarks (JSON under build/bench/; training and emulator speed also time aihwkit-lightning in its own venv)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_soc.py --preset $(PRESET)
 	$(PY) benchmarks/bench_models.py --preset $(PRESET)
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_emulator.py
 	$(PY) benchmarks/bench_tuning.py
 	$(PY) benchmarks/bench_link.py
 	$(PY) benchmarks/bench_repair.py

@@ -13,7 +13,7 @@ b. mixed-precision training of the MLP (chi accumulator) against the same networ
 c. the small CNN and the residual network, naive against HWA, on ``--conv-repeats`` chips;
 d. speed: one HWA training epoch of the MLP and of the CNN here, and in aihwkit-lightning
    on the closest configuration it has (benchmarks/aihwkit_lightning_epoch.py, run in its own
-   virtual environment, build/venv-aihwkit-lightning, created when missing), same machine,
+   virtual environment, build/venv-aihwkit-lightning, created when missing: _lightning.py), same machine,
    same run, one thread each.
 """
 from __future__ import annotations
@@ -22,11 +22,10 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _lightning
 import numpy as np
 import torch
 
@@ -38,7 +37,6 @@ from cimstack.zoo import datasets, models
 ROOT = Path(__file__).resolve().parent.parent
 DRIFT = {"0 s": 0.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.15576e7}
 HWA = {"mlp": dict(epochs=10, lr=5e-3), "cnn": dict(epochs=20, lr=1e-2), "resnet": dict(epochs=10, lr=1e-2)}
-ALT_VENV = ROOT / "build" / "venv-aihwkit-lightning"
 
 
 def stats(v) -> dict:
@@ -129,25 +127,11 @@ def bench_speed(repeats: int) -> dict:
     res = {"cimstack": ours, "cimstack_settings": "default preset: 8-bit inputs, 8-bit weights in 2x4-bit slices on "
            "differential pairs, 8 bit-serial pulses each converted by the 8-bit ADC with 0.5 LSB noise, write-verify "
            "residual, read noise, learned input ranges, per-column weight scales, clipping"}
-    py = ALT_VENV / "bin" / "python"
-    if not py.exists():
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(ALT_VENV)], check=True)
-            subprocess.run([str(py), "-m", "pip", "install", "--quiet", "torch==2.13.0", "aihwkit-lightning",
-                            "scikit-learn"], check=True, timeout=1800)
-        except (subprocess.SubprocessError, OSError) as exc:
-            res["aihwkit_lightning"] = {"error": f"could not install aihwkit-lightning: {exc}"}
-            return res
-    out = ROOT / "build" / "bench" / "aihwkit_lightning.json"
-    proc = subprocess.run([str(py), str(ROOT / "benchmarks" / "aihwkit_lightning_epoch.py"), "--models", "mlp,cnn",
-                           "--repeats", str(repeats), "--json", str(out)], capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        res["aihwkit_lightning"] = {"error": proc.stderr[-2000:]}
-        return res
-    alt = json.loads(out.read_text())
-    res["aihwkit_lightning"] = alt
+    res["aihwkit_lightning"] = alt = _lightning.run(
+        "aihwkit_lightning_epoch.py", ["--models", "mlp,cnn", "--repeats", str(repeats)],
+        ROOT / "build" / "bench" / "aihwkit_lightning.json")
     res["ratio_cimstack_over_aihwkit_lightning"] = {
-        m: ours[m]["mean"] / alt["models"][m]["mean"] for m in ours if "mean" in alt["models"].get(m, {})}
+        m: ours[m]["mean"] / alt["models"][m]["mean"] for m in ours if "mean" in alt.get("models", {}).get(m, {})}
     return res
 
 

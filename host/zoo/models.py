@@ -6,6 +6,10 @@ gates matrix included), and they use only layers the cimstack compiler lowers: L
 Conv2d (groups=1), BatchNorm (folded into the preceding conv), ReLU, pooling, Flatten,
 residual additions, and single-layer unidirectional batch-first GRU/LSTM. Every ``forward``
 is free of data-dependent control flow so ``torch.fx.symbolic_trace`` captures it.
+
+``LeNet5`` (28x28 inputs) and ``ResNet32`` (CIFAR-10 shapes) are the larger, standard
+networks of the speed benchmark (benchmarks/bench_emulator.py); they are not in ``MODELS``
+and need more, or larger, tiles than the four 64x64 of the default chip.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from cimstack.zoo import datasets
 from cimstack.zoo.datasets import Split
 
 __all__ = ["DigitsMLP", "DigitsCNN", "DigitsGRU", "DigitsLSTM", "DigitsResNet", "ResidualBlock",
-           "MODELS", "DEFAULTS", "build", "train", "accuracy", "train_digits"]
+           "LeNet5", "ResNet32", "CifarBlock", "MODELS", "DEFAULTS", "build", "train", "accuracy", "train_digits"]
 
 
 class DigitsMLP(nn.Module):
@@ -104,6 +108,64 @@ class DigitsResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.blocks(self.stem(x)))))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 on (N, 1, 28, 28) inputs: conv 1->6 5x5, ReLU, max-pool 2, conv 6->16 5x5,
+    ReLU, max-pool 2, then fully connected 256 -> 120 -> 84 -> 10 with ReLUs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.classifier = nn.Sequential(
+            nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class CifarBlock(nn.Module):
+    """A ResNet basic block: two 3x3 conv/BN (the first with ``stride``), ReLU between, added
+    to the input (through a 1x1 conv/BN shortcut where the shape changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.shortcut(x) + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class ResNet32(nn.Module):
+    """ResNet-32 for CIFAR-10 shapes, (N, 3, 32, 32) inputs (He et al. 2016): a 3x3 conv/BN/ReLU
+    stem of 16 channels, three stages of five basic blocks (16, 32, 64 channels; the second and
+    third start with stride 2 and a 1x1 conv shortcut), global average pool, linear 64 -> 10:
+    33 convolutions."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(5):
+                blocks.append(CifarBlock(c_in, c_out, stride if i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.blocks(self.stem(x)))))

@@ -59,6 +59,19 @@ def test_weight_matrices_are_small(name):
         assert rows <= 72 and cols <= 96, (name, module)
 
 
+@pytest.mark.parametrize("cls, shape, convs", [(models.LeNet5, (1, 28, 28), 2), (models.ResNet32, (3, 32, 32), 33)])
+def test_benchmark_networks_build_trace_and_classify(cls, shape, convs):
+    """LeNet-5 (28x28) and ResNet-32 (CIFAR-10 shapes: 33 convolutions) of the speed benchmark."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
+    x = torch.rand(3, *shape)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (3, 10)
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), y)
+
+
 def test_training_is_deterministic():
     split = datasets.digits("flat")
     weights = []
