@@ -13,7 +13,6 @@ from cimstack.backends.base import (
     WriteVerifyParams,
     _cell_args,
     _neutral_post,
-    _results,
     fabricate,
 )
 from cimstack.chip.config import ChipConfig
@@ -59,8 +58,9 @@ class GoldenBackend(Backend):
     def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
         p = params.resolved(self.cfg)
         assert p.amp_max is not None                # resolved() fills it in
-        return _results(self.soc.write_verify(tile, jobs.jobs(self.cfg), p.max_pulses, p.amp_start, p.amp_step,
-                                              p.amp_max))
+        # the jobs' arrays as they are (GoldenSoC.write_verify_cells): no WriteVerifyJob per cell
+        return self.soc.write_verify_cells(tile, jobs.row, jobs.unit, jobs.cell, jobs.target, jobs.tol, p.max_pulses,
+                                           p.amp_start, p.amp_step, p.amp_max)
 
     def pulse(self, tile, row, unit, cell, polarity, amplitude=1):
         self._check_tile(tile)

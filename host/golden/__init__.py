@@ -9,6 +9,14 @@ compare the RTL with it.
 from cimstack.golden.bridge import BridgeModel
 from cimstack.golden.soc import GoldenSoC
 from cimstack.golden.tile import GoldenTile, Pulse
-from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check_write_verify, ispp
+from cimstack.golden.writeverify import (
+    WriteVerifyJob,
+    WriteVerifyResult,
+    check_write_verify,
+    check_write_verify_cells,
+    ispp,
+    ispp_cells,
+)
 
-__all__ = ["BridgeModel", "GoldenSoC", "GoldenTile", "Pulse", "WriteVerifyJob", "WriteVerifyResult", "check_write_verify", "ispp"]
+__all__ = ["BridgeModel", "GoldenSoC", "GoldenTile", "Pulse", "WriteVerifyJob", "WriteVerifyResult", "check_write_verify",
+           "check_write_verify_cells", "ispp", "ispp_cells"]

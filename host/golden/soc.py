@@ -7,12 +7,18 @@ import numpy.typing as npt
 
 from cimstack.chip import prng
 from cimstack.chip.config import NOISE_FRAC_BITS, ChipConfig
-from cimstack.chip.enums import Polarity
+from cimstack.chip.enums import WriteVerifyStatus
 from cimstack.chip.isa import decode, mode_name
 from cimstack.chip.prng import VERIFY_STREAM
 from cimstack.errors import InputRangeError
-from cimstack.golden.tile import GoldenTile, Pulse
-from cimstack.golden.writeverify import WriteVerifyJob, WriteVerifyResult, check_write_verify, ispp
+from cimstack.golden.tile import GoldenTile
+from cimstack.golden.writeverify import (
+    WriteVerifyJob,
+    WriteVerifyResult,
+    check_write_verify,
+    check_write_verify_cells,
+    ispp_cells,
+)
 
 __all__ = ["GoldenSoC"]
 
@@ -113,16 +119,37 @@ class GoldenSoC:
         target (SET below it, RESET above), the amplitude restarting at ``amp_start`` when the
         polarity changes and growing by ``amp_step`` (up to ``amp_max``) while it repeats, and
         read again. A cell out of budget is *stuck* if its last read is within ``tol`` of its
-        first, else *failed*.
+        first, else *failed*. The reads are :meth:`read_cell`'s and the pulses
+        :meth:`GoldenTile.pulse`'s, in job order (:func:`~cimstack.golden.writeverify.ispp`
+        over them gives the same outcome, bit for bit, more slowly).
         """
         check_write_verify(self.cfg, tile, jobs, max_pulses, amp_start, amp_step, amp_max)
-        lanes, g = self.cfg.array.mac_lanes, self.tiles[tile]
+        lanes = self.cfg.array.mac_lanes
+        cols = np.array([(j.row, j.group * lanes + j.lane, j.cell, j.target, j.tol) for j in jobs],
+                        dtype=np.int64).reshape(-1, 5).T
+        status, pulses, error = self._write_verify(tile, cols[0], cols[1], cols[2], cols[3], cols[4], max_pulses,
+                                                   amp_start, amp_step, amp_max)
+        return [WriteVerifyResult(WriteVerifyStatus(s), p, e)
+                for s, p, e in zip(status.tolist(), pulses.tolist(), error.tolist())]
 
-        def read(j: WriteVerifyJob) -> int:
-            return self.read_cell(tile, j.row, j.group * lanes + j.lane, j.cell)
+    def write_verify_cells(self, tile: int, row: npt.ArrayLike, unit: npt.ArrayLike, cell: npt.ArrayLike,
+                           target: npt.ArrayLike, tol: npt.ArrayLike, max_pulses: int, amp_start: int,
+                           amp_step: int, amp_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`write_verify` for jobs given as parallel integer arrays (``unit`` is
+        ``group * mac_lanes + lane``): the status, pulse count and error of each, as int64 arrays."""
+        r, u, c, t, tl = (np.asarray(v, dtype=np.int64).reshape(-1) for v in (row, unit, cell, target, tol))
+        check_write_verify_cells(self.cfg, tile, r, u, c, t, tl, max_pulses, amp_start, amp_step, amp_max)
+        return self._write_verify(tile, r, u, c, t, tl, max_pulses, amp_start, amp_step, amp_max)
 
-        def pulse(j: WriteVerifyJob, polarity: Polarity, amplitude: int) -> None:
-            g.pulse(Pulse(j.row, j.group * lanes + j.lane, j.cell, polarity, amplitude))
-
-        return ispp(jobs, read, pulse, max_pulses, amp_start, amp_step, amp_max)
-
+    def _write_verify(self, tile: int, row: npt.NDArray[np.int64], unit: npt.NDArray[np.int64],
+                      cell: npt.NDArray[np.int64], target: npt.NDArray[np.int64], tol: npt.NDArray[np.int64],
+                      max_pulses: int, amp_start: int, amp_step: int, amp_max: int,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g, dp = self.tiles[tile], self.cfg.datapath
+        cells = (row * dp.units + unit) * dp.cells_per_unit + cell
+        status, pulses, error, upd, ver = ispp_cells(self.cfg, g.state, g.stuck, cells, target, tol, max_pulses,
+                                                     amp_start, amp_step, amp_max, int(g.update_rng[0]),
+                                                     int(self.verify_rng[0]))
+        g.update_rng = np.array([upd], dtype=np.uint32)
+        self.verify_rng = np.array([ver], dtype=np.uint32)
+        return status, pulses, error

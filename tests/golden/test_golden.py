@@ -182,3 +182,28 @@ def test_input_mode_per_vmm_equals_a_chip_built_for_that_mode():
         np.testing.assert_array_equal(a.vmm(x, mode), b.vmm(x))
     with pytest.raises(InputRangeError, match="outside"):
         GoldenTile(base).vmm(np.full(24, -64), "unary")        # unary has no most-negative code
+
+
+@pytest.mark.parametrize("cfg", [preset("default"), preset("opencimtc-576x128"), preset("pcm-joshi2020"),
+                                 preset("ice40-tiny").replace(input=dict(mode="unary", bits=3)), offset_cfg(),
+                                 # |sums| reach past 2**24: the float64 product
+                                 preset("default").replace(array=dict(rows=512), cell=dict(cell_bits=8),
+                                                           mapping=dict(weight_bits=9),
+                                                           input=dict(mode="amplitude", bits=9, dac_bits=9))],
+                         ids=["default", "opencimtc", "pcm", "unary", "offset", "float64"])
+def test_column_sums_equal_the_integer_product(cfg):
+    """The floating-point BLAS product of column_sums is the integer one, extremes included."""
+    rng = np.random.default_rng(3)
+    tile = GoldenTile(cfg)
+    dp, md = cfg.datapath, cfg.datapath.mode(None)
+    w = rng.choice([dp.weight_min, dp.weight_max, 0, 1], (cfg.array.rows, cfg.array.cols))
+    w[:, 0] = dp.weight_max
+    tile.program_weights(w)
+    tile.stuck[rng.random(tile.stuck.shape) < 0.05] = Stuck.AT_MAX
+    x = rng.choice([md.in_min, md.in_max, 0, -1], (5, cfg.array.rows))
+    x[0], x[1] = md.in_min, md.in_max                       # every row at an extreme: the largest sums
+    want = input_digits(x, cfg) @ tile.effective_weights()
+    got = tile.column_sums(x)
+    assert got.dtype == np.int64 and (got == want).all()
+    if cfg.array.rows == 512:
+        assert np.abs(want).max() >= 1 << 24
