@@ -78,55 +78,106 @@ class EmulatorBackend(Backend):
         self.tiles[tile].adc.set_registers(gain=int(adc_gain), offset=int(adc_offset))
 
     def write_verify(self, tile: int, jobs: CellJobs, params: WriteVerifyParams = WriteVerifyParams()):
-        """The ISPP loop of :func:`cimstack.golden.writeverify.ispp`, on all cells in parallel."""
+        """The ISPP loop of :func:`cimstack.golden.writeverify.ispp`, on all cells in parallel.
+
+        Cell by cell the same algorithm: a verify read (:meth:`_verify_read`), then while it is
+        out of tolerance and pulses are left, one pulse (SET below the target, RESET above;
+        ``amp_start`` on the first pulse and after a change of polarity, else ``amp_step``
+        more, up to ``amp_max``) and a verify read; CONVERGED, or out of pulses: STUCK where
+        the last read is within the tolerance of the first, else FAILED. Each step updates
+        the cells still out of tolerance by masks, and compacts them into shorter tensors
+        once no more than half of those in hand remain.
+
+        After the loop every cell that took a pulse draws fresh drift exponents (its
+        programmed state is new) and, in physical mode, relaxes
+        (:meth:`DeviceModel.relax <cimstack.physics.devices.DeviceModel.relax>` at its target
+        conductance): the change after the last pulse that no verify read saw, which makes
+        the programmed conductances spread more than the tolerance window (none for a model
+        without relaxation, and none in datapath mode, the twin of the integer chip). The
+        error returned is the last verify read's, as the chip reports it.
+        """
         self._check_tile(tile)
         p = params.resolved(self.cfg)
         max_pulses, amp_start, amp_step, amp_max = p.max_pulses, p.amp_start, p.amp_step, p.amp_max
+        assert amp_max is not None                  # resolved() fills it in
+        amax = self.cfg.device.pulse_max_amplitude
+        if not (1 <= amp_start <= amax and 1 <= amp_max <= amax and amp_step >= 0):
+            raise InputRangeError(f"write-verify amplitudes start {amp_start}, step {amp_step}, max {amp_max}: "
+                                  f"pulse amplitudes must lie in 1..{amax}")
         emu = self.tiles[tile]
-        r_, u_, c_ = (torch.as_tensor(v, device=emu.device) for v in (jobs.row, jobs.unit, jobs.cell))
-        target = torch.as_tensor(jobs.target, dtype=emu.dtype, device=emu.device)
-        tol = torch.as_tensor(jobs.tol, dtype=emu.dtype, device=emu.device)
-        state = emu.state[r_, u_, c_].clone()
-        stuck = emu.stuck[r_, u_, c_]
-
-        def read(st: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return self._verify_read(st, stuck[idx])
-
-        everyone = torch.arange(len(jobs), device=emu.device)
-        first = read(state, everyone)
-        last_read = first.clone()
-        pulses = torch.zeros(len(jobs), dtype=torch.int64, device=emu.device)
-        amp = torch.full((len(jobs),), amp_start, dtype=torch.int64, device=emu.device)
-        last_pol = torch.full((len(jobs),), -1, dtype=torch.int64, device=emu.device)
+        dev, dt, shape = emu.device, emu.dtype, emu.state.shape
+        n = len(jobs)
+        for name, a, hi in (("row", jobs.row, shape[0]), ("unit", jobs.unit, shape[1]), ("cell", jobs.cell, shape[2])):
+            if n and (a.min() < 0 or a.max() >= hi):
+                raise InputRangeError(f"write-verify {name} indices must lie in 0..{hi - 1}")
+        flat = torch.as_tensor((jobs.row * shape[1] + jobs.unit) * shape[2] + jobs.cell, device=dev)
+        state = emu.state.reshape(-1)[flat]
+        stuck = emu.stuck.reshape(-1)[flat]
+        any_stuck = bool((stuck != Stuck.NONE).any())
+        target = torch.as_tensor(jobs.target, device=dev).to(dt)
+        tol = torch.as_tensor(jobs.tol, device=dev).to(dt)
+        first = self._verify_read(state, stuck if any_stuck else None)
+        final_state, final_read = state.clone(), first.clone()
+        pulses = torch.zeros(n, dtype=torch.int64, device=dev)
+        # the cells in hand (idx: their job positions) and their loop variables
+        idx, s, rd, tg, tl, sk = torch.arange(n, device=dev), state, first, target, tol, stuck if any_stuck else None
+        amp = torch.full((n,), float(amp_start), dtype=dt, device=dev)
+        last = torch.full((n,), -1, dtype=torch.int64, device=dev)      # polarity of the last pulse
+        cnt = torch.zeros(n, dtype=torch.int64, device=dev)
+        gen = emu.gens["pulse"]
         for _ in range(max_pulses):
-            err = last_read - target
-            idx = torch.nonzero(err.abs() > tol).flatten()
-            if idx.numel() == 0:
+            err = rd - tg
+            out: torch.Tensor | None = err.abs() > tl
+            left = int(out.sum())
+            if left == 0:
                 break
-            pol = torch.where(err[idx] < 0, Polarity.SET, Polarity.RESET)
-            a = torch.where(pol == last_pol[idx], torch.clamp(amp[idx] + amp_step, max=amp_max),
-                            torch.full_like(pol, amp_start))
-            state[idx] = emu.devices.pulse(state[idx], pol, a, emu.gens["pulse"], stuck=stuck[idx])
-            pulses[idx] += 1
-            amp[idx], last_pol[idx] = a, pol
-            last_read[idx] = read(state[idx], idx)
-        err = last_read - target
-        ok = err.abs() <= tol
-        status = torch.where(ok, WriteVerifyStatus.CONVERGED,
-                             torch.where((last_read - first).abs() <= tol, WriteVerifyStatus.STUCK, WriteVerifyStatus.FAILED))
-        new_state = emu.state.clone()
-        new_state[r_, u_, c_] = state
-        emu.set_state(new_state, emu.stuck)          # fresh drift exponents for the programmed states
+            if 2 * left <= out.numel():             # compact: keep only the cells out of tolerance
+                final_state[idx], final_read[idx], pulses[idx] = s, rd, cnt
+                keep = out.nonzero().squeeze(1)
+                idx, s, rd, tg, tl, amp, last, cnt, err = (v[keep] for v in (idx, s, rd, tg, tl, amp, last, cnt, err))
+                sk = None if sk is None else sk[keep]
+                out = None
+            pol = torch.where(err < 0, Polarity.SET, Polarity.RESET)
+            a = torch.where(pol == last, torch.clamp(amp + amp_step, max=amp_max), float(amp_start))
+            new = emu.devices.pulse(s, pol, a, gen, stuck=sk, check=False)
+            r_new = self._verify_read(new, sk)
+            if out is None:
+                s, rd, amp, last, cnt = new, r_new, a, pol, cnt + 1
+            else:                                   # cells already within tolerance keep what they have
+                s = torch.where(out, new, s)
+                rd = s if r_new is new else torch.where(out, r_new, rd)     # a noiseless read is the state
+                amp, last, cnt = torch.where(out, a, amp), torch.where(out, pol, last), cnt + out
+        final_state[idx], final_read[idx], pulses[idx] = s, rd, cnt
+        err = final_read - target
+        status = torch.where(err.abs() <= tol, WriteVerifyStatus.CONVERGED,
+                             torch.where((final_read - first).abs() <= tol, WriteVerifyStatus.STUCK, WriteVerifyStatus.FAILED))
+        # the outcome into the tile: the pulsed cells relax (physical mode), then draw drift exponents
+        d, fs, step = self.cfg.device, emu.frac_scale, emu.g_step
+        pick = (pulses > 0).nonzero().squeeze(1)
+        if self.mode == "physical" and pick.numel():
+            free = pick[stuck[pick] == Stuck.NONE]      # stuck cells do not move
+            g = d.g_min_us + final_state[free] / fs * step
+            relaxed = emu.devices.relax(g, emu.gens["pulse"], d.g_min_us + target[free] / fs * step)
+            if relaxed is not g:
+                final_state = final_state.index_add(0, free, (relaxed - g) * (fs / step))
+        emu.state = emu.state.reshape(-1).index_copy(0, flat, final_state).reshape(shape)
+        if pick.numel():
+            sk, g = stuck[pick], d.g_min_us + final_state[pick] / fs * step
+            g = torch.where(sk == Stuck.AT_0, d.g_min_us, torch.where(sk == Stuck.AT_MAX, d.g_max_us, g))
+            nu = emu.devices.sample_nu(g, emu.gens["prog"]).to(emu.nu.dtype)
+            emu.nu = emu.nu.reshape(-1).index_copy(0, flat[pick], nu).reshape(shape)
         return (status.cpu().numpy().astype(np.int64), pulses.cpu().numpy(),
                 torch.clamp(torch.round(err), -32768, 32767).cpu().numpy().astype(np.int64))
 
-    def _verify_read(self, state: torch.Tensor, stuck: torch.Tensor) -> torch.Tensor:
+    def _verify_read(self, state: torch.Tensor, stuck: torch.Tensor | None) -> torch.Tensor:
         """A verify read of cells at ``state``: stuck cells read 0 or full scale, plus the
-        verify read noise (``device.read_noise_sigma`` of full scale)."""
+        verify read noise (``device.read_noise_sigma`` of full scale). ``stuck`` None: no
+        cell among them is stuck."""
         full = float((1 << self.cfg.datapath.state_bits) - 1)
         sigma = self.cfg.device.read_noise_sigma * full
-        eff = torch.where(stuck == Stuck.AT_0, torch.zeros_like(state),
-                          torch.where(stuck == Stuck.AT_MAX, torch.full_like(state, full), state))
+        eff = state
+        if stuck is not None:
+            eff = torch.where(stuck == Stuck.AT_0, 0.0, torch.where(stuck == Stuck.AT_MAX, full, state))
         if sigma > 0:
             eff = eff + sigma * torch.randn(state.shape, generator=self.verify_gen, dtype=state.dtype, device=state.device)
         return eff

@@ -109,17 +109,32 @@ def program(dep, backend: Backend, params: WriteVerifyParams, *, tol: int | None
     backend.erase(dep.placement.tiles_used, dep.seed)
     dep.session(backend).configure()
     report = ProgramReport(backend.name)
-    work = [(layer, t) for layer in dep.layers for t in sorted({b.tile for b in layer.blocks})]
+    work = [(i, t) for i, layer in enumerate(dep.layers) for t in sorted({b.tile for b in layer.blocks})]
+    # one write-verify call per (layer, tile), in that order, on a bit-exact backend: the chip
+    # draws its verify noise in the order of the cells; a statistical one takes all the cells
+    # of a tile in one call (fewer, larger calls: its parallel ISPP loop runs once per tile)
+    calls = [[w] for w in work] if backend.bit_exact else \
+        [[w for w in work if w[1] == t] for t in sorted({t for _, t in work})]
     bar = tqdm(total=len(work), desc="write-verify", disable=not progress, leave=False)
-    stats: dict[str, list] = {}
-    for layer, t in work:
+    outcome = {}
+    for call in calls:
+        t = call[0][1]
         t1 = time.perf_counter()
-        jobs = dep.cell_jobs(t, layer, tol)
-        status, pulses, error = backend.write_verify(t, jobs, params)
-        stats.setdefault(layer.name, []).append((status, pulses, error, time.perf_counter() - t1, jobs.target))
-        report.faults += _faults(t, jobs, status, error, layer.name)
-        bar.update(1)
+        parts = [dep.cell_jobs(t, dep.layers[i], tol) for i, _ in call]
+        status, pulses, error = backend.write_verify(t, _concat_jobs(parts), params)
+        seconds = time.perf_counter() - t1
+        total, start = sum(len(j) for j in parts), 0
+        for w, jobs in zip(call, parts):        # each layer's share of the call, its time pro rata
+            part = slice(start, start + len(jobs))
+            outcome[w] = (status[part], pulses[part], error[part], seconds * len(jobs) / max(total, 1), jobs)
+            start += len(jobs)
+        bar.update(len(call))
     bar.close()
+    stats: dict[str, list] = {}
+    for i, t in work:
+        name, (status, pulses, error, seconds, jobs) = dep.layers[i].name, outcome[(i, t)]
+        stats.setdefault(name, []).append((status, pulses, error, seconds, jobs.target))
+        report.faults += _faults(t, jobs, status, error, name)
     _repair_all(dep, backend, report, tol, params)
     for layer in dep.layers:
         parts = stats[layer.name]
@@ -210,6 +225,13 @@ def spares_used(dep, tile: int) -> int:
     rows, cols = dep.line_maps(tile)
     return int((rows[a.usable_rows:] != np.arange(a.usable_rows, a.rows)).sum()
                + (cols[a.usable_cols:] != np.arange(a.usable_cols, a.cols)).sum())
+
+
+def _concat_jobs(parts: list[CellJobs]) -> CellJobs:
+    """The cells of several job lists of one tile, as one list in their order."""
+    if len(parts) == 1:
+        return parts[0]
+    return CellJobs(*(np.concatenate([getattr(j, k) for j in parts]) for k in ("row", "unit", "cell", "target", "tol")))
 
 
 def _faults(tile: int, jobs: CellJobs, status: np.ndarray, error: np.ndarray, layer: str | None) -> list[CellFault]:

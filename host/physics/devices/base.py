@@ -7,6 +7,13 @@ A model is a subclass of :class:`DeviceModel` registered under its ``device.mode
 * :meth:`DeviceModel.drift_nu_stats` — mean and spread of the drift exponent ν;
 * :meth:`DeviceModel.read_sigma` — σ of one read at time ``t`` (``t`` already checked).
 
+One more hook has a default, for devices whose conductance moves after programming:
+
+* :meth:`DeviceModel.relaxation_sigma` — σ of the random change after a cell's last
+  programming pulse (zero: no relaxation). :meth:`DeviceModel.relax` applies it after
+  write-verify, and :meth:`DeviceModel.post_verify` draws what write-verify and the relaxation
+  leave, without running the loop (for hardware-aware training).
+
 Everything else is shared and may be overridden where a device differs: stuck-at faults
 (applied independently to every physical cell, as in CoMN, Han et al., Sci. China Inf. Sci.
 2025), device-to-device variation, the drift law, the soft-bounds pulse response (the float
@@ -33,7 +40,7 @@ from cimstack.physics.devices.registry import model_class
 __all__ = ["DeviceModel", "device_model", "seed_for"]
 
 
-def normal(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def normal(shape, gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Standard normal draws of ``shape`` with the dtype and device of ``like``."""
     return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
 
@@ -122,6 +129,62 @@ class DeviceModel(ABC):
         flags = torch.where(u < r0, torch.full_like(flags, Stuck.AT_0), flags)
         return torch.where((u >= r0) & (u < r0 + r1), torch.full_like(flags, Stuck.AT_MAX), flags)
 
+    # -- after programming: relaxation and the write-verify outcome -------------------------
+    def relaxation_sigma(self, g_target: torch.Tensor) -> torch.Tensor:
+        """σ (µS) of the random conductance change that follows a cell's last programming
+        pulse (structural relaxation), at each target conductance: what a verify read right
+        after the pulse cannot see. Zero here (no relaxation); a model with relaxation
+        overrides it (the ``pcm`` model: see :meth:`PcmDeviceModel.relaxation_sigma`).
+        Differentiable, no random numbers, dtype and device of ``g_target``."""
+        return torch.zeros_like(g_target)
+
+    def relax(self, g: torch.Tensor, gen: torch.Generator | None,
+              g_target: torch.Tensor | None = None) -> torch.Tensor:
+        """Conductances (µS) after the relaxation that follows the last programming pulse.
+
+        ``g * exp(s N(0, 1) - s^2 / 2)`` with ``s^2 = ln(1 + (sigma / g)^2)`` and ``sigma =
+        relaxation_sigma(g_target)`` (``g_target`` defaults to ``g``): a mean-preserving
+        lognormal change whose standard deviation is exactly ``sigma``. Where ``sigma << g`` it
+        is the Gaussian ``g + sigma N(0, 1)``; near 0 µS it stays positive (conductance is never
+        negative) without the clamp that would cut the spread, and a cell at 0 µS stays there.
+        One normal draw per cell, from ``gen`` (None: torch's default generator); none at all,
+        and ``g`` returned as is, where the model has no relaxation.
+        """
+        sig = self.relaxation_sigma(g if g_target is None else g_target)
+        if not bool((sig > 0).any()):
+            return g
+        pos = g > 0
+        s2 = torch.log1p((sig / torch.where(pos, g, torch.ones_like(g))) ** 2)
+        moved = g * torch.exp(torch.sqrt(s2) * normal(g.shape, gen, g) - 0.5 * s2)
+        return torch.where(pos & (sig > 0), moved, g)
+
+    def post_verify(self, g_target: torch.Tensor, tol_us: float | torch.Tensor,
+                    gen: torch.Generator | None = None) -> torch.Tensor:
+        """Conductances (µS) that write-verify to ``g_target`` (µS) within ``±tol_us`` (µS)
+        leaves, relaxation included, drawn without running the loop: for hardware-aware
+        training, in place of the emulator's ISPP loop (:meth:`EmulatorBackend.write_verify`).
+
+        Here ``relax(clamp(g_target + e, min=0), g_target)`` with ``e ~ U(-tol_us, tol_us)``:
+        the loop stops anywhere inside its verify window, then the cell relaxes (not at all
+        for a model without relaxation, such as ``generic``). A model whose relaxation is
+        calibrated against a published post-programming spread overrides this (``pcm``).
+
+        Contract: ``g_target`` a floating-point tensor of any shape (targets in µS, the
+        conductances of the cells' write-verify target states); ``tol_us`` the verify
+        tolerance in µS (a number or a tensor broadcasting to ``g_target``; ``tol`` state
+        LSBs are ``tol * level_step_us(cfg) / 2**frac_bits`` µS); ``gen`` a
+        :class:`torch.Generator` or None (torch's default). Returns a tensor of the shape,
+        dtype and device of ``g_target``, never negative, with no gradient (add
+        ``(post_verify(g) - g).detach()`` to a differentiable ``g`` for a straight-through
+        noise). Stuck cells are not modelled (:meth:`sample_stuck` draws them).
+        """
+        with torch.no_grad():
+            g0 = g_target.detach()
+            tol = torch.as_tensor(tol_us, dtype=g0.dtype, device=g0.device)
+            u = torch.rand(g0.shape, generator=gen, dtype=g0.dtype, device=g0.device)
+            g = torch.clamp(g0 + tol * (2 * u - 1), min=0.0)
+            return self.relax(g, gen, g0)
+
     # -- drift -----------------------------------------------------------------------------
     def sample_nu(self, g_target: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Per-device drift exponents ``nu = |N(mu, sigma)|`` (a folded normal)."""
@@ -175,10 +238,10 @@ class DeviceModel(ABC):
         pol = torch.as_tensor(polarity, device=state.device)
         amp = torch.as_tensor(amplitude, dtype=state.dtype, device=state.device)
         dist = torch.where(pol == Polarity.SET, gs1 - state, state + 1.0)
-        return amp * self.dev.pulse_step_lsb * dist / gs1
+        return dist * (amp * (self.dev.pulse_step_lsb / gs1))
 
     def pulse(self, state: torch.Tensor, polarity, amplitude, gen: torch.Generator,
-              stuck: torch.Tensor | None = None, noise: bool = True) -> torch.Tensor:
+              stuck: torch.Tensor | None = None, noise: bool = True, *, check: bool = True) -> torch.Tensor:
         """State after one pulse on every cell of ``state`` (real-valued, in state LSBs).
 
         The float twin of :meth:`cimstack.golden.GoldenTile.pulse`: the mean step of
@@ -186,9 +249,24 @@ class DeviceModel(ABC):
         noise), added for SET or subtracted for RESET, clamped to ``[0, Gs]``; stuck cells do
         not change. The golden model rounds the step and the noise to integers; this twin
         does not, so their means agree to within the golden rounding of the step.
+
+        ``check=False`` skips the checks of polarity and amplitude, for a caller that has
+        checked them once for many pulses (write-verify's amplitude schedule).
         """
         pol = torch.as_tensor(polarity, device=state.device)
         amp = torch.as_tensor(amplitude, device=state.device)
+        if check:
+            self._check_pulse(pol, amp)
+        d = self.pulse_step_mean(state, pol, amp)
+        if noise and self.dev.pulse_c2c_sigma > 0:
+            d = torch.addcmul(d, d, normal(d.shape, gen, d), value=self.dev.pulse_c2c_sigma)   # d (1 + c2c N)
+        gs = float((1 << self.cfg.datapath.state_bits) - 1)
+        new = torch.clamp(state + torch.where(pol == Polarity.SET, d, -d), 0.0, gs)
+        if stuck is not None:
+            new = torch.where(stuck != Stuck.NONE, state, new)
+        return new
+
+    def _check_pulse(self, pol: torch.Tensor, amp: torch.Tensor) -> None:
         if not bool(((pol == Polarity.SET) | (pol == Polarity.RESET)).all()):
             raise InputRangeError(f"pulse polarity must be {Polarity.SET} (SET) or {Polarity.RESET} (RESET)")
         amax = self.dev.pulse_max_amplitude
@@ -196,14 +274,6 @@ class DeviceModel(ABC):
             raise InputRangeError("pulse amplitudes must be integers")
         if bool(((amp < 1) | (amp > amax)).any()):
             raise InputRangeError(f"pulse amplitude must lie in 1..{amax}")
-        d = self.pulse_step_mean(state, pol, amp)
-        if noise and self.dev.pulse_c2c_sigma > 0:
-            d = d * (1.0 + self.dev.pulse_c2c_sigma * normal(d.shape, gen, d))
-        gs = float((1 << self.cfg.datapath.state_bits) - 1)
-        new = torch.clamp(torch.where(pol == Polarity.SET, state + d, state - d), 0.0, gs)
-        if stuck is not None:
-            new = torch.where(stuck != Stuck.NONE, state, new)
-        return new
 
 
 def check_time(t: float) -> None:
