@@ -19,14 +19,14 @@ The interface, the capabilities callers test (``keeps_state_across_processes``, 
 the write-verify settings (:class:`WriteVerifyParams`) and what every backend shares are in
 :mod:`cimstack.backends.base`.
 """
-from cimstack.backends.base import Backend, CellJobs, WriteVerifyParams, adc_tie_bias, fabricate
+from cimstack.backends.base import Backend, CellJobs, Region, WriteVerifyParams, adc_tie_bias, fabricate
 from cimstack.backends.device import DeviceBackend
 from cimstack.backends.emulator import EmulatorBackend
 from cimstack.backends.golden import GoldenBackend
 from cimstack.chip.config import ChipConfig
 from cimstack.errors import ConfigError
 
-__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "WriteVerifyParams", "fabricate",
+__all__ = ["Backend", "EmulatorBackend", "GoldenBackend", "DeviceBackend", "CellJobs", "Region", "WriteVerifyParams", "fabricate",
            "backend", "adc_tie_bias"]
 
 

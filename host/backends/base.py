@@ -24,7 +24,7 @@ from cimstack.errors import ConfigError, InputRangeError
 from cimstack.golden.writeverify import WriteVerifyJob
 from cimstack.physics.devices import device_model, seed_for
 
-__all__ = ["Backend", "CellJobs", "WriteVerifyParams", "fabricate", "adc_tie_bias"]
+__all__ = ["Backend", "CellJobs", "Region", "WriteVerifyParams", "fabricate", "adc_tie_bias"]
 
 _STREAM_FAB, _STREAM_VERIFY = 3, 4
 _CHUNK = 4096          # VMM rows per call of a model (bounds the memory of the per-pulse sums)
@@ -72,6 +72,29 @@ class WriteVerifyParams:
     def resolved(self, cfg: ChipConfig) -> WriteVerifyParams:
         """These settings with ``amp_max`` taken from ``cfg`` where it is left open."""
         return self if self.amp_max is not None else replace(self, amp_max=cfg.device.pulse_max_amplitude)
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """The part of a tile one VMM pass of a layer uses (:meth:`Backend.vmm_regions`).
+
+    ``rows``: the physical word lines driven, distinct; ``inputs``: which feature of the
+    layer's input each of them gets; ``cols``: the physical columns read, in output order.
+    Parallel int64 arrays.
+    """
+
+    tile: int
+    rows: np.ndarray
+    inputs: np.ndarray
+    cols: np.ndarray
+
+    def __post_init__(self):
+        for name in ("rows", "inputs", "cols"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64).ravel())
+        if len(self.rows) != len(self.inputs):
+            raise InputRangeError(f"region on tile {self.tile}: {len(self.rows)} rows but {len(self.inputs)} inputs")
+        if len(np.unique(self.rows)) != len(self.rows):
+            raise InputRangeError(f"region on tile {self.tile}: a word line is driven twice")
 
 
 class CellJobs:
@@ -142,6 +165,40 @@ class Backend(ABC):
     @abstractmethod
     def vmm(self, tile: int, x: np.ndarray, mode: str | None = None) -> torch.Tensor:
         """Integer inputs (batch, rows) in order; post-processed outputs (batch, cols) as float64."""
+
+    def vmm_regions(self, regions: list[Region], x, mode: str | None = None) -> torch.Tensor:
+        """Every pass of a layer: outputs (passes, batch, max cols) float64, pass ``i``'s
+        first ``len(regions[i].cols)`` columns its outputs, the rest zero.
+
+        ``x`` (batch, features) integer inputs; region ``i`` drives its ``rows`` with
+        ``x[:, inputs]`` and leaves every other word line at zero. This default runs one
+        whole-array :meth:`vmm` per region; the emulator computes only the cells in use.
+        """
+        x = self._check_region_inputs(regions, x)
+        rows = self.cfg.array.rows
+        out = torch.zeros((len(regions), len(x), max(len(r.cols) for r in regions)), dtype=torch.float64)
+        for i, r in enumerate(regions):
+            xin = np.zeros((len(x), rows), dtype=np.int64)
+            xin[:, r.rows] = x[:, r.inputs]
+            out[i, :, :len(r.cols)] = self.vmm(r.tile, xin, mode)[:, torch.as_tensor(r.cols)]
+        return out
+
+    def _check_region_inputs(self, regions: list[Region], x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.dtype.kind not in "iu":
+            raise InputRangeError(f"layer inputs must be integers of shape (batch, features), got {x.dtype} {x.shape}")
+        if not regions:
+            raise InputRangeError("vmm_regions needs at least one region")
+        a = self.cfg.array
+        for r in regions:
+            self._check_tile(r.tile)
+            if r.rows.size and (r.rows.min() < 0 or r.rows.max() >= a.rows):
+                raise InputRangeError(f"region on tile {r.tile}: word lines outside 0..{a.rows - 1}")
+            if r.cols.size and (r.cols.min() < 0 or r.cols.max() >= a.cols):
+                raise InputRangeError(f"region on tile {r.tile}: columns outside 0..{a.cols - 1}")
+            if r.inputs.size and (r.inputs.min() < 0 or r.inputs.max() >= x.shape[1]):
+                raise InputRangeError(f"region on tile {r.tile}: input features outside 0..{x.shape[1] - 1}")
+        return x.astype(np.int64, copy=False)
 
     @abstractmethod
     def pulse(self, tile: int, row, unit, cell, polarity, amplitude=1) -> np.ndarray:

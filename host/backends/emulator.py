@@ -9,6 +9,7 @@ from cimstack.backends.base import (
     _STREAM_VERIFY,
     Backend,
     CellJobs,
+    Region,
     WriteVerifyParams,
     _cell_args,
     _neutral_post,
@@ -17,11 +18,14 @@ from cimstack.backends.base import (
 )
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.enums import Polarity, Stuck, WriteVerifyStatus
-from cimstack.errors import ConfigError
-from cimstack.physics import TileEmulator
+from cimstack.errors import ConfigError, InputRangeError
+from cimstack.physics import TileEmulator, input_range
 from cimstack.physics.devices import seed_for
+from cimstack.physics.regions import RegionStack
 
 __all__ = ['EmulatorBackend']
+
+_CELLS_PER_CHUNK = 1 << 24     # pulse digits per batched VMM call (bounds its memory: ~64 MB of float32)
 
 
 class EmulatorBackend(Backend):
@@ -30,18 +34,27 @@ class EmulatorBackend(Backend):
     ``mode`` "physical" or "datapath" (see :class:`TileEmulator`); ``t`` the read time in
     seconds after programming (drift; default ``device.drift_t0_s``); ``drift_compensation``
     the global compensation of Joshi et al. 2020; ``ir_drop`` the IR-drop model ("exact",
-    "fast" or "off") when the config's wires have resistance; ``dtype``/``device`` of the tensors.
+    "fast" or "off") when the config's wires have resistance; ``dtype``/``device`` of the tensors
+    (default float32 in physical mode, float64 in datapath mode, whose integer sums it keeps exact).
+
+    A layer's passes run through :meth:`vmm_regions`: one batched VMM over only the cells they
+    use (:class:`cimstack.physics.regions.RegionStack`, kept while the cells are unchanged),
+    wherever that equals the whole-array VMM (:attr:`TileEmulator.region_exact`).
     """
 
     name = "emulator"
 
     def __init__(self, cfg: ChipConfig, *, mode: str = "physical", t: float | None = None,
-                 drift_compensation: bool = False, ir_drop: str = "exact", dtype: torch.dtype = torch.float64,
+                 drift_compensation: bool = False, ir_drop: str = "exact", dtype: torch.dtype | None = None,
                  device: str | torch.device | None = None):
         super().__init__(cfg)
         if mode not in ("physical", "datapath"):
             raise ConfigError(f"emulator mode {mode!r} is not one of physical, datapath")
         self.mode, self.t, self.drift_compensation = mode, t, drift_compensation
+        if dtype is None:
+            dtype = torch.float64 if mode == "datapath" else torch.float32
+        self.dtype = dtype
+        self._stacks: dict[tuple, RegionStack] = {}
         self.tiles = [TileEmulator(cfg, tile=t_, ir_drop=ir_drop, dtype=dtype, device=device)
                       for t_ in range(cfg.array.tiles)]
         self.verify_gen = torch.Generator(device=self.tiles[0].device)
@@ -200,3 +213,42 @@ class EmulatorBackend(Backend):
         outs = [emu.vmm(xt[i:i + _CHUNK], mode=self.mode, t=None if self.mode == "datapath" else self.t,
                         drift_compensation=self.drift_compensation, input_mode=mode) for i in range(0, len(xt), _CHUNK)]
         return torch.cat(outs).to(torch.float64) if outs else torch.zeros((0, self.cfg.array.cols), dtype=torch.float64)
+
+    def vmm_regions(self, regions: list[Region], x, mode: str | None = None) -> torch.Tensor:
+        if not all(self.tiles[r.tile].region_exact for r in regions if 0 <= r.tile < len(self.tiles)):
+            return super().vmm_regions(regions, x, mode)
+        xn = self._check_region_inputs(regions, x)
+        dev = self.tiles[0].device
+        stack = self._stack(regions)
+        r_max = int(stack.w.shape[1])
+        # every pass's inputs in its row order, padded with a zero feature
+        index = np.full((len(regions), r_max), xn.shape[1], dtype=np.int64)
+        for i, r in enumerate(regions):
+            index[i, :len(r.inputs)] = r.inputs
+        xt = torch.as_tensor(xn, device=dev)
+        lo, hi = input_range(self.cfg, mode)
+        if xt.numel() and (int(xt.min()) < lo or int(xt.max()) > hi):
+            raise InputRangeError(f"inputs span [{int(xt.min())}, {int(xt.max())}], outside [{lo}, {hi}] "
+                                  f"for {self.cfg.input.bits}-bit {self.cfg.datapath.mode(mode).name} inputs")
+        xt = torch.cat([xt, torch.zeros((len(xt), 1), dtype=xt.dtype, device=dev)], dim=1).to(torch.int32)
+        flat = torch.as_tensor(index.reshape(-1), device=dev)
+        chunk = max(1, _CELLS_PER_CHUNK // (len(regions) * r_max * self.cfg.datapath.pulses))
+        outs = [stack.vmm(xt[i:i + chunk].index_select(1, flat).reshape(-1, len(regions), r_max).transpose(0, 1).contiguous(),
+                          input_mode=mode) for i in range(0, len(xt), chunk)]
+        return torch.cat(outs, dim=1).to(torch.float64).cpu()
+
+    def _stack(self, regions: list[Region]) -> RegionStack:
+        """The RegionStack of these regions at the current read time, rebuilt when stale."""
+        key = (self.mode, self.t, self.drift_compensation,
+               tuple((r.tile, r.rows.tobytes(), r.cols.tobytes()) for r in regions))
+        stack = self._stacks.get(key)
+        if stack is None or not stack.current():
+            dev = self.tiles[0].device
+            t = None if self.mode == "datapath" else self.t
+            stack = RegionStack([(self.tiles[r.tile], torch.as_tensor(r.rows, device=dev), torch.as_tensor(r.cols, device=dev))
+                                 for r in regions], mode=self.mode, t=t, drift_compensation=self.drift_compensation,
+                                dtype=self.dtype)
+            if len(self._stacks) > 256:                 # many read times or layers: start afresh
+                self._stacks.clear()
+            self._stacks[key] = stack
+        return stack

@@ -97,26 +97,59 @@ class Dac:
         lo, hi = input_range(self.cfg)
         return torch.clamp(round_half_up(x / scale), lo, hi)
 
+    def pulse_digits(self, x: torch.Tensor, mode: str | None = None, *, dtype: torch.dtype = torch.float32,
+                     dim: int = 0, first: int | None = None) -> torch.Tensor:
+        """Signed pulse digits of integer inputs ``x`` as ``dtype``, the pulses along a new
+        dimension ``dim`` (0: shape ``(pulses, *x.shape)``); only the ``first`` pulses if given.
+
+        :func:`cimstack.chip.datapath.input_digits` in torch: shifts and masks on the
+        integers (an arithmetic shift gives the signed top digit), each pulse written once
+        into the output, no float ``floor``/``remainder`` chains.
+        """
+        md = self.cfg.datapath.mode(mode)
+        count = md.pulses if first is None else first
+        shape = list(x.shape)
+        shape.insert(dim, count)
+        out = torch.empty(shape, dtype=dtype, device=x.device)
+        if md.name == "unary":                     # pulse k drives sign(x) while |x| > k
+            sign, mag = torch.sign(x), x.abs()
+            for k in range(count):
+                out.select(dim, k).copy_(sign * (mag > k))
+            return out
+        xs = x.to(torch.int16) if self.cfg.input.bits <= 16 else x.to(torch.int32)
+        step, mask = md.pulse_shift, (1 << md.pulse_shift) - 1
+        for p in range(count):                     # a handful of pulses: not a per-element loop
+            digit = xs >> (p * step)
+            out.select(dim, p).copy_(digit if p == md.pulses - 1 else digit & mask)   # the top digit is signed
+        return out
+
+    def live_pulses(self, x: torch.Tensor, mode: str | None = None) -> int:
+        """How many leading pulses of integer inputs ``x`` drive any word line: the digits of
+        the others are all zero, so their column sums are exactly zero (the chip still
+        converts them: the ADC sees its noise alone). Non-negative inputs (after a ReLU) never
+        use the signed top digit, and small ones not the high digits either."""
+        md = self.cfg.datapath.mode(mode)
+        if x.numel() == 0:
+            return md.pulses
+        low, high = (int(v) for v in torch.aminmax(x))
+        if md.name == "unary":
+            return min(md.pulses, max(abs(low), abs(high)))
+        if low < 0:
+            return md.pulses
+        return min(md.pulses - 1, -(-high.bit_length() // md.pulse_shift))
+
     def digits(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Signed pulse digits, shape ``(pulses, *x.shape)``, in pulse order, for input
         ``mode`` (default: the config's; every mode a VMM may select is available).
 
-        The forward values are exact; the backward pass gives pulse ``p`` the gradient
-        ``1 / (pulses * w_p)`` of ``x`` so that the weighted digit sum ``sum_p w_p d_p = x``
-        has gradient one (a straight-through estimator of the decomposition).
+        The forward values are exact (:meth:`pulse_digits` of the integer-valued ``x``); the
+        backward pass gives pulse ``p`` the gradient ``1 / (pulses * w_p)`` of ``x`` so that
+        the weighted digit sum ``sum_p w_p d_p = x`` has gradient one (a straight-through
+        estimator of the decomposition).
         """
         md = self.cfg.datapath.mode(mode)
         xd = x.detach()
-        if md.name == "unary":
-            k = torch.arange(md.pulses, dtype=x.dtype, device=x.device).reshape((-1,) + (1,) * x.ndim)
-            d = torch.where(xd.abs().unsqueeze(0) > k, torch.sign(xd).unsqueeze(0), torch.zeros((), dtype=x.dtype, device=x.device))
-        else:
-            db = md.pulse_shift
-            planes = []
-            for p in range(md.pulses - 1):          # a handful of pulses: not a per-element loop
-                planes.append(torch.remainder(torch.floor(xd / float(1 << (p * db))), float(1 << db)))
-            planes.append(torch.floor(xd / float(1 << ((md.pulses - 1) * db))))   # signed top digit
-            d = torch.stack(planes)
+        d = self.pulse_digits(xd.to(torch.int32), mode, dtype=x.dtype)
         if x.requires_grad:
             c = torch.tensor([1.0 / (md.pulses * int(w)) for w in pulse_weights(self.cfg, md.name)],
                              dtype=x.dtype, device=x.device)

@@ -286,6 +286,53 @@ class TileEmulator:
             return c[..., 0] - c[..., 1]
         return c[..., 0] - self.cfg.datapath.ref_code
 
+    @property
+    def region_exact(self) -> bool:
+        """Whether a VMM restricted to the word lines that get inputs and the columns read
+        (:meth:`region_weights`, :mod:`cimstack.physics.regions`) equals :meth:`vmm` on the
+        whole array: with ideal wires an idle row carries no current unless the I-V curve
+        has an offset (``iv_a1``), and per-read noise is drawn in output space."""
+        return (self.column_currents is ideal_column_currents and self.cfg.device.iv_a1 == 0.0
+                and self.read_noise == "per_read")
+
+    def region_weights(self, rows: torch.Tensor, cols: torch.Tensor, *, mode: str = "physical",
+                       t: float | None = None, drift_compensation: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What one VMM on word lines ``rows`` read at logical columns ``cols`` needs, float64.
+
+        Returns ``(w, var, ref_var)``: ``w`` (rows, cols * slices) the per-unit analog weight
+        in code units (G+ - G- over the level step, drifted to ``t`` and drift-compensated;
+        in ``"datapath"`` mode the integer code differences), units in the order
+        ``col * slices + s``; ``var`` the same shape, the per-read noise variance each row adds
+        to a unit's sum per unit of squared drive, in code units squared (None without read
+        noise); ``ref_var`` (rows, 1) that of the offset scheme's shared reference column
+        (None for differential pairs). Physical weights are snapped to a 2**-24 grid as
+        :meth:`analog_sums` snaps its sums, so ideal devices give exact integers.
+        """
+        dp = self.cfg.datapath
+        units = (cols.to(self.device).reshape(-1, 1) * dp.slices
+                 + torch.arange(dp.slices, device=self.device)).reshape(-1)
+        rows = rows.to(self.device)
+        if mode == "datapath":
+            return self.effective_weights()[rows][:, units].to(torch.float64), None, None
+        t = self._time(t)
+        g_prog, nu = self._physical_prog()
+        g_prog, nu = g_prog[rows].to(torch.float64), nu[rows].to(torch.float64)
+        if dp.cells_per_unit == 2:
+            plus, minus = units * 2, units * 2 + 1
+        else:
+            plus, minus = units, torch.full_like(units, dp.units)
+        g_t = g_prog * self.devices.drift_factor(nu, t)
+        w = (g_t[:, plus] - g_t[:, minus]) / self.g_step
+        gain = float(self.drift_compensation_factor(t)) if drift_compensation else 1.0
+        w = torch.round(w * gain * _SNAP) / _SNAP
+        sigma2 = (self.devices.read_noise_sigma(g_prog, g_t, t) * (gain / self.g_step)) ** 2
+        if not bool((sigma2 > 0).any()):
+            return w, None, None
+        if dp.cells_per_unit == 2:
+            return w, sigma2[:, plus] + sigma2[:, minus], None
+        return w, sigma2[:, plus], sigma2[:, dp.units:dp.units + 1]
+
     def _stuck_override(self, g: torch.Tensor, stuck: torch.Tensor) -> torch.Tensor:
         d = self.cfg.device
         g = torch.where(stuck == Stuck.AT_0, torch.full_like(g, d.g_min_us), g)

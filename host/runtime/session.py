@@ -20,7 +20,7 @@ import weakref
 import numpy as np
 import torch
 
-from cimstack.backends import Backend
+from cimstack.backends import Backend, Region
 from cimstack.chip.datapath import pulse_weights, slice_weights
 from cimstack.errors import ConfigError, InputRangeError
 
@@ -43,6 +43,8 @@ class Session:
         self._backend = weakref.ref(backend)
         # ADC registers (gain, offset) this session last wrote, per tile
         self.adc: dict[int, tuple[int, int]] = {}
+        # per layer: (line maps it was built for, regions, output index)
+        self._regions: dict[str, tuple[tuple, list[Region], torch.Tensor]] = {}
 
     @property
     def backend(self) -> Backend:
@@ -97,30 +99,48 @@ class Session:
         dep, be, cfg = self.dep, self.backend, self.dep.cfg
         layer = dep.by_name[node.name]
         xq = dep._quantise_inputs(layer, x2d).to(torch.int64).numpy()
-        rows = cfg.array.rows
         conversions = float(pulse_weights(cfg, layer.mode).sum() * slice_weights(cfg).sum())
-        y = torch.zeros((x2d.shape[0], layer.out_features), dtype=torch.float64)
         post = dep.post_scale / (1 << cfg.post.shift)
         # every conversion's ADC offset and mean rounding error, through the shift-add and post scale
         offset = (be.rounding_bias(layer.adc_gain) + layer.adc_offset) * conversions * post
-        for p in dep.placement.passes[layer.name]:
-            xin = np.zeros((len(xq), rows), dtype=np.int64)
-            for b in p.blocks:
-                xin[:, b.row:b.row + b.rows] = xq[:, b.in0:b.in0 + b.rows]
-            if p.tile in dep.row_map:               # repaired rows: their inputs go to the spare lines
-                routed = np.zeros_like(xin)
-                routed[:, dep.row_map[p.tile]] = xin
-                xin = routed
+        passes = dep.placement.passes[layer.name]
+        regions, outputs = self.regions(layer.name)
+        for p in passes:
             self.load_adc(p.tile, int(layer.adc_gain), int(layer.adc_offset))
-            out = be.vmm(p.tile, xin, layer.mode) - offset
-            if p.tile in dep.col_map:               # repaired columns: read from the spare lines
-                out = out[:, torch.as_tensor(dep.col_map[p.tile])]
-            # output units back to column-sum units: undo the ADC gain, the post scale/shift
-            # and the analog gain the IR-drop correction left
-            scale = ((1 << cfg.adc.gain_shift) / layer.adc_gain) / post / dep.tile_gain.get(p.tile, 1.0)
-            for b in p.blocks:
-                y[:, b.out0:b.out0 + b.cols] += out[:, b.col:b.col + b.cols] * scale
-        return y * (layer.x_scale / layer.copies) * torch.as_tensor(layer.w_scale)
+        out = be.vmm_regions(regions, xq, layer.mode) - offset                 # (passes, batch, cols)
+        # output units back to column-sum units: undo the ADC gain, the post scale/shift and
+        # the analog gain the IR-drop correction left
+        scale = torch.tensor([((1 << cfg.adc.gain_shift) / layer.adc_gain) / post / dep.tile_gain.get(p.tile, 1.0)
+                              for p in passes], dtype=torch.float64).reshape(-1, 1, 1)
+        y = torch.zeros((len(xq), layer.out_features + 1), dtype=torch.float64)    # the last column takes the padding
+        y.index_add_(1, outputs, (out * scale).permute(1, 0, 2).reshape(len(xq), -1))
+        return y[:, :-1] * (layer.x_scale / layer.copies) * torch.as_tensor(layer.w_scale)
+
+    def regions(self, name: str) -> tuple[list[Region], torch.Tensor]:
+        """The :class:`Region` of each pass of layer ``name`` (word lines and columns after
+        repair) and, flattened over (pass, column), the output feature each column adds to
+        (``out_features`` for padding)."""
+        dep = self.dep
+        key = (name, *(dep.line_maps(p.tile)[i].tobytes() for p in dep.placement.passes[name] for i in (0, 1)))
+        if self._regions.get(name, (None,))[0] != key:
+            layer = dep.by_name[name]
+            regions, outs = [], []
+            for p in dep.placement.passes[name]:
+                row_map, col_map = dep.line_maps(p.tile)
+                # blocks that share word lines (copies of a layer side by side) share their inputs
+                rows, first = np.unique(np.concatenate([row_map[b.row:b.row + b.rows] for b in p.blocks]),
+                                        return_index=True)
+                inputs = np.concatenate([np.arange(b.in0, b.in0 + b.rows) for b in p.blocks])[first]
+                cols = np.concatenate([col_map[b.col:b.col + b.cols] for b in p.blocks])
+                outs.append(np.concatenate([np.arange(b.out0, b.out0 + b.cols) for b in p.blocks]))
+                regions.append(Region(p.tile, rows, inputs, cols))
+            width = max(len(o) for o in outs)
+            index = np.full((len(outs), width), layer.out_features, dtype=np.int64)
+            for i, o in enumerate(outs):
+                index[i, :len(o)] = o
+            self._regions[name] = (key, regions, torch.as_tensor(index.reshape(-1)))
+        _, regions, index = self._regions[name]
+        return regions, index
 
     def load_adc(self, tile: int, adc_gain: int, adc_offset: int) -> None:
         """Write a tile's ADC registers unless they already hold these values."""

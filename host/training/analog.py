@@ -10,14 +10,18 @@ information drawn from the same config and the same device model:
    mapper's default), straight-through;
 3. each weight split into cells (differential pair or offset reference column, bit slices:
    :func:`cimstack.chip.datapath.weights_to_codes` semantics), and each cell's conductance drawn
-   from :class:`cimstack.physics.DeviceModel`: the write-verify residual or open-loop
-   programming noise, stuck-at faults, drift to a read time with per-device exponents,
+   from :class:`cimstack.physics.DeviceModel`: what write-verify leaves
+   (:meth:`DeviceModel.post_verify`: the residual in the verify window and the relaxation
+   after it) or open-loop programming noise, stuck-at faults, drift to a read time with per-device exponents,
    read noise at that time, optional global drift compensation;
 4. the rows cut into array-sized blocks (:func:`cimstack.compiler.mapper.even_splits`); per block, per
    input pulse and per slice a column sum with the word-line I-V nonlinearity, Gaussian
    output noise of ``device.output_noise_lsb`` per conversion, then the ADC (rounding and
    saturation, straight-through inside the range, zero gradient when saturated);
 5. shift-add of pulses and slices, dequantisation, digital sum of the row blocks.
+
+Steps 4-5 are one autograd node per block (:class:`PulsedAdcMatmul`): every pulse in one
+product, one noise draw, the straight-through gradients in closed form.
 
 Fresh noise is drawn on every call (one chip instance per mini-batch, as aihwkit draws its
 training noise). The layers :class:`AnalogLinear`, :class:`AnalogConv1d` and
@@ -177,8 +181,10 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
     cells = torch.stack([pos, neg])                       # (2, ..., slices) codes
     target = cells.detach()
     if ni.programming == "write_verify" and frac and k > 0:
-        tol = ((1 << (frac - 1)) - 1) / float(1 << frac)   # the verify window, in codes
-        cells = cells + k * tol * (2 * torch.rand_like(target) - 1)
+        # what the verify loop leaves (anywhere in its window), then the device's relaxation
+        tol = ((1 << (frac - 1)) - 1) / float(1 << frac) * step      # the verify window, µS
+        g_c = d.g_min_us + (target + 0.5) * step                       # targets sit at their code bin's centre
+        cells = cells + k * (devices.post_verify(g_c, tol) - g_c) / step
     elif ni.programming == "open_loop" and k > 0:
         g_target = d.g_min_us + target * step
         cells = cells + k * devices.programming_sigma(g_target) / step * torch.randn_like(target)
@@ -265,22 +271,90 @@ def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | floa
     if ni.weight_noise_range > 0 and ni.noise_scale > 0:
         span = float(2 * dp.code_max)
         u = u + ni.noise_scale * ni.weight_noise_range * span * torch.clamp(torch.randn_like(u), -3, 3)
-    dac, adc = Dac(cfg), Adc(cfg)
-    pw = torch.as_tensor(pulse_weights(cfg), dtype=x.dtype, device=x.device)
-    sw = torch.as_tensor(slice_weights(cfg), dtype=x.dtype, device=x.device)
-    out_f, slices = m.shape[1], dp.slices
-    y = None
+    adc = Adc(cfg)
+    out_f = m.shape[1]
     sigma_out = cfg.device.output_noise_lsb * ni.noise_scale if ni.output_noise else 0.0
+    dev = cfg.device
+    iv = None if (dev.iv_a1, dev.iv_a2, dev.iv_a3) == (0.0, 1.0, 0.0) else devices.iv
+    y = None
     for in0, rows in even_splits(n_in, cfg.array.usable_rows):
-        digits = devices.iv(dac.digits(xq[:, in0:in0 + rows]))                  # (P, B, rows)
-        s = digits @ u[in0:in0 + rows].reshape(rows, out_f * slices)             # (P, B, out*slices)
-        if sigma_out > 0:
-            s = s + sigma_out * torch.randn_like(s)
-        codes = adc(s) - adc.offset
-        part = torch.einsum("pbus,p,s->bu", codes.reshape(*codes.shape[:2], out_f, slices), pw, sw)
+        part = PulsedAdcMatmul.apply(xq[:, in0:in0 + rows], u[in0:in0 + rows].reshape(rows, -1), cfg, sigma_out, iv)
         y = part if y is None else y + part
     assert y is not None                                 # even_splits gives at least one block
-    return y * (1.0 / adc.scale) * s_x * s_w
+    return y.reshape(-1, out_f) * (1.0 / adc.scale) * s_x * s_w
+
+
+class PulsedAdcMatmul(torch.autograd.Function):
+    """One array block of :func:`analog_matmul` (steps 4-5) as one autograd node.
+
+    Forward: the input digits of every pulse (:meth:`Dac.pulse_digits`) through the word-line
+    I-V curve ``iv`` (None: linear) times the unit weights ``u`` (rows, cols * slices) in one
+    product, output noise of sigma ``sigma`` drawn once for every conversion, the ADC (round
+    half up, saturation; its offset removed) and the shift-add of pulses and slices:
+    (batch, cols) in ADC-code units.
+
+    Backward: the straight-through estimators of the step-by-step chain (digit decomposition,
+    rounding, clipped saturation: :mod:`cimstack.physics.converters`) in closed form. With a
+    linear I-V curve and no conversion saturated they are the gradients of ``gain * x @ u``
+    shift-added: two products, not two per pulse; each saturated conversion (pulse ``p``,
+    sample ``b``) then takes its share back, computed on those rows only.
+    """
+
+    @staticmethod
+    def forward(ctx, xq: torch.Tensor, u: torch.Tensor, cfg: ChipConfig, sigma: float, iv) -> torch.Tensor:
+        dp, md, adc = cfg.datapath, cfg.datapath.mode(), Adc(cfg)
+        batch, rows = xq.shape
+        dac, xi = Dac(cfg), xq.detach().to(torch.int32)
+        live = md.pulses if iv is not None else dac.live_pulses(xi)     # an I-V offset drives idle rows
+        digits = dac.pulse_digits(xi, dtype=u.dtype, first=live)                      # (live, B, R)
+        drive = digits if iv is None else iv(digits)
+        s = torch.empty((md.pulses * batch, u.shape[1]), dtype=u.dtype, device=u.device)
+        torch.mm(drive.reshape(-1, rows), u.detach(), out=s[:live * batch])
+        s = s.reshape(md.pulses, batch, -1)                                              # (P, B, U)
+        s[live:] = 0.0                                                                   # pulses that drive nothing
+        if sigma > 0:
+            s += torch.empty_like(s).normal_(0.0, sigma)
+        codes = s.mul_(adc.scale).add_(0.5).floor_()
+        lo, hi = adc.code_min - adc.offset, adc.code_max - adc.offset
+        low, high = torch.aminmax(codes)
+        saturated = None
+        if low < lo or high > hi:
+            saturated = (codes < lo) | (codes > hi)
+            codes.clamp_(lo, hi)
+        pw = torch.as_tensor(pulse_weights(cfg), dtype=u.dtype, device=u.device)
+        sw = torch.as_tensor(slice_weights(cfg), dtype=u.dtype, device=u.device)
+        y = (pw @ codes.reshape(md.pulses, -1)).reshape(batch, -1, dp.slices) @ sw          # (B, cols)
+        ctx.save_for_backward(xq.detach(), u.detach(), digits, saturated)
+        ctx.iv, ctx.gain, ctx.pw, ctx.sw = iv, adc.scale, pw, sw
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, u, digits, saturated = ctx.saved_tensors
+        pulses, batch = len(ctx.pw), digits.shape[1]
+        pw = ctx.pw.reshape(-1, 1, 1)
+        # d y / d (sum of pulse p at unit (c, s)) = pw[p] sw[s] gain while that conversion is in range
+        g = (gy.unsqueeze(-1) * (ctx.sw * ctx.gain)).reshape(batch, -1)                 # (B, U)
+        if ctx.iv is not None:                 # nonlinear drive: pulse by pulse, through iv's slope
+            gp = pw * g if saturated is None else pw * g * ~saturated                  # (P, B, U)
+            d = digits.detach().requires_grad_()
+            with torch.enable_grad():
+                drive = ctx.iv(d)
+                slope, = torch.autograd.grad(drive.sum(), d)
+            grad_x = ((gp @ u.t()) * slope / (pulses * pw)).sum(0)
+            return grad_x, torch.einsum("pbr,pbu->ru", drive.detach(), gp), None, None, None
+        # linear drive: sum_p pw[p] d_p = x, and the digit STE gives pulse p 1/(P pw[p]) of x's gradient
+        grad_x, grad_u = g @ u.t(), x.t() @ g
+        if saturated is not None:
+            p, b, unit = saturated.nonzero().unbind(1)
+            pairs, row = torch.unique(p * batch + b, return_inverse=True)             # saturated (pulse, sample)
+            lost = torch.zeros((len(pairs), g.shape[1]), dtype=g.dtype, device=g.device)
+            lost[row, unit] = g[b, unit]
+            pp, bb = pairs // batch, pairs % batch
+            grad_x = grad_x.index_add(0, bb, lost @ u.t(), alpha=-1.0 / pulses)
+            live = pp < digits.shape[0]                      # saturated pulses that drove nothing add no weight gradient
+            grad_u = grad_u - (digits[pp[live], bb[live]] * ctx.pw[pp[live]].unsqueeze(1)).t() @ lost[live]
+        return grad_x, grad_u, None, None, None
 
 
 if TYPE_CHECKING:
