@@ -21,7 +21,7 @@ from cimstack.chip.enums import Polarity, Stuck, WriteVerifyStatus
 from cimstack.errors import ConfigError, InputRangeError
 from cimstack.physics import TileEmulator, input_range
 from cimstack.physics.devices import seed_for
-from cimstack.physics.regions import RegionStack
+from cimstack.physics.regions import RegionStack, Workspace
 
 __all__ = ['EmulatorBackend']
 
@@ -54,7 +54,8 @@ class EmulatorBackend(Backend):
         if dtype is None:
             dtype = torch.float64 if mode == "datapath" else torch.float32
         self.dtype = dtype
-        self._stacks: dict[tuple, RegionStack] = {}
+        self._stacks: dict[tuple, tuple[RegionStack, torch.Tensor | None]] = {}
+        self._workspace = Workspace()
         self.tiles = [TileEmulator(cfg, tile=t_, ir_drop=ir_drop, dtype=dtype, device=device)
                       for t_ in range(cfg.array.tiles)]
         self.verify_gen = torch.Generator(device=self.tiles[0].device)
@@ -219,36 +220,48 @@ class EmulatorBackend(Backend):
             return super().vmm_regions(regions, x, mode)
         xn = self._check_region_inputs(regions, x)
         dev = self.tiles[0].device
-        stack = self._stack(regions)
-        r_max = int(stack.w.shape[1])
-        # every pass's inputs in its row order, padded with a zero feature
-        index = np.full((len(regions), r_max), xn.shape[1], dtype=np.int64)
-        for i, r in enumerate(regions):
-            index[i, :len(r.inputs)] = r.inputs
+        stack, index = self._stack(regions, xn.shape[1])
         xt = torch.as_tensor(xn, device=dev)
-        lo, hi = input_range(self.cfg, mode)
-        if xt.numel() and (int(xt.min()) < lo or int(xt.max()) > hi):
-            raise InputRangeError(f"inputs span [{int(xt.min())}, {int(xt.max())}], outside [{lo}, {hi}] "
-                                  f"for {self.cfg.input.bits}-bit {self.cfg.datapath.mode(mode).name} inputs")
-        xt = torch.cat([xt, torch.zeros((len(xt), 1), dtype=xt.dtype, device=dev)], dim=1).to(torch.int32)
-        flat = torch.as_tensor(index.reshape(-1), device=dev)
-        chunk = max(1, _CELLS_PER_CHUNK // (len(regions) * r_max * self.cfg.datapath.pulses))
-        outs = [stack.vmm(xt[i:i + chunk].index_select(1, flat).reshape(-1, len(regions), r_max).transpose(0, 1).contiguous(),
-                          input_mode=mode) for i in range(0, len(xt), chunk)]
-        return torch.cat(outs, dim=1).to(torch.float64).cpu()
+        if xt.numel():
+            lo, hi = input_range(self.cfg, mode)
+            low, high = (int(v) for v in torch.aminmax(xt))
+            if low < lo or high > hi:
+                raise InputRangeError(f"inputs span [{low}, {high}], outside [{lo}, {hi}] "
+                                      f"for {self.cfg.input.bits}-bit {self.cfg.datapath.mode(mode).name} inputs")
+        n, r_max = len(regions), int(stack.w.shape[1])
+        if index is None:                            # one pass reading the features in order
+            xg = xt.to(torch.int32).unsqueeze(0)
+        else:                                        # every pass's inputs in its row order, a zero feature as padding
+            padded = torch.zeros((len(xt), xt.shape[1] + 1), dtype=torch.int32, device=dev)
+            padded[:, :-1] = xt
+            xg = padded.index_select(1, index).reshape(len(xt), n, r_max).transpose(0, 1).contiguous()
+        chunk = max(1, _CELLS_PER_CHUNK // (n * r_max * self.cfg.datapath.pulses))
+        outs = [stack.vmm(xg[:, i:i + chunk], input_mode=mode, workspace=self._workspace)
+                for i in range(0, len(xt), chunk)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).cpu()
 
-    def _stack(self, regions: list[Region]) -> RegionStack:
-        """The RegionStack of these regions at the current read time, rebuilt when stale."""
-        key = (self.mode, self.t, self.drift_compensation,
-               tuple((r.tile, r.rows.tobytes(), r.cols.tobytes()) for r in regions))
-        stack = self._stacks.get(key)
-        if stack is None or not stack.current():
+    def _stack(self, regions: list[Region], features: int) -> tuple[RegionStack, torch.Tensor | None]:
+        """The RegionStack of these regions at the current read time (rebuilt when a cell
+        changed) and the feature of each of its input slots, flattened (None: the features
+        in order, one pass)."""
+        key = (self.mode, self.t, self.drift_compensation, features,
+               tuple((r.tile, r.rows.tobytes(), r.cols.tobytes(), r.inputs.tobytes()) for r in regions))
+        entry = self._stacks.get(key)
+        if entry is None or not entry[0].current():
             dev = self.tiles[0].device
             t = None if self.mode == "datapath" else self.t
             stack = RegionStack([(self.tiles[r.tile], torch.as_tensor(r.rows, device=dev), torch.as_tensor(r.cols, device=dev))
                                  for r in regions], mode=self.mode, t=t, drift_compensation=self.drift_compensation,
                                 dtype=self.dtype)
+            r_max = int(stack.w.shape[1])
+            if len(regions) == 1 and np.array_equal(regions[0].inputs, np.arange(features)):
+                index = None
+            else:
+                slots = np.full((len(regions), r_max), features, dtype=np.int64)
+                for i, r in enumerate(regions):
+                    slots[i, :len(r.inputs)] = r.inputs
+                index = torch.as_tensor(slots.reshape(-1), device=dev)
             if len(self._stacks) > 256:                 # many read times or layers: start afresh
                 self._stacks.clear()
-            self._stacks[key] = stack
-        return stack
+            entry = self._stacks[key] = (stack, index)
+        return entry

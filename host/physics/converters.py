@@ -98,9 +98,10 @@ class Dac:
         return torch.clamp(round_half_up(x / scale), lo, hi)
 
     def pulse_digits(self, x: torch.Tensor, mode: str | None = None, *, dtype: torch.dtype = torch.float32,
-                     dim: int = 0, first: int | None = None) -> torch.Tensor:
+                     dim: int = 0, first: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Signed pulse digits of integer inputs ``x`` as ``dtype``, the pulses along a new
-        dimension ``dim`` (0: shape ``(pulses, *x.shape)``); only the ``first`` pulses if given.
+        dimension ``dim`` (0: shape ``(pulses, *x.shape)``); only the ``first`` pulses if given;
+        written into ``out`` if given (of that shape and dtype).
 
         :func:`cimstack.chip.datapath.input_digits` in torch: shifts and masks on the
         integers (an arithmetic shift gives the signed top digit), each pulse written once
@@ -110,7 +111,8 @@ class Dac:
         count = md.pulses if first is None else first
         shape = list(x.shape)
         shape.insert(dim, count)
-        out = torch.empty(shape, dtype=dtype, device=x.device)
+        if out is None:
+            out = torch.empty(shape, dtype=dtype, device=x.device)
         if md.name == "unary":                     # pulse k drives sign(x) while |x| > k
             sign, mag = torch.sign(x), x.abs()
             for k in range(count):

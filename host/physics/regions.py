@@ -24,6 +24,7 @@ reference.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +33,27 @@ from cimstack.chip.datapath import pulse_weights, slice_weights
 from cimstack.physics.converters import post_process
 from cimstack.physics.tile import TileEmulator
 
-__all__ = ["RegionStack"]
+__all__ = ["RegionStack", "Workspace"]
+
+
+class Workspace:
+    """Scratch memory that successive :meth:`RegionStack.vmm` calls reuse.
+
+    A fresh multi-megabyte tensor costs a page fault per 4 KiB on first touch, as much as
+    drawing its noise; one workspace per backend keeps the largest digit, sum and noise
+    buffers a layer needed and hands out views of them.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` in buffer ``name`` (grown when too small)."""
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buf[:size].view(shape)
 
 
 class RegionStack:
@@ -78,11 +99,18 @@ class RegionStack:
                 self.ref_var[i, :r] = ref_var
 
     @staticmethod
-    def _pad(s: torch.Tensor, rows: int) -> torch.Tensor:
-        """``s`` (n, k, U) with zero rows appended up to ``rows``."""
-        if s.shape[1] == rows:
-            return s
-        return torch.cat([s, s.new_zeros((s.shape[0], rows - s.shape[1], s.shape[2]))], dim=1)
+    def _products(d: torch.Tensor, m: torch.Tensor, out: torch.Tensor, *, add: bool) -> torch.Tensor:
+        """``out[i] (+)= d[i] @ m[i]`` for every pass ``i``; below ``d``'s rows (pulses that
+        drive nothing: their sums are exactly zero) ``out`` is left as it is, or zeroed."""
+        k = d.shape[1]
+        for i in range(d.shape[0]):
+            if add:
+                out[i, :k].addmm_(d[i], m[i])
+            else:
+                torch.mm(d[i], m[i], out=out[i, :k])
+        if not add:
+            out[:, k:] = 0.0
+        return out
 
     @staticmethod
     def _state_of(e: TileEmulator) -> list[tuple[torch.Tensor | None, int]]:
@@ -97,40 +125,46 @@ class RegionStack:
         return True
 
     def vmm(self, x: torch.Tensor, *, noise: bool = True, integer_noise: bool = True,
-            input_mode: str | None = None) -> torch.Tensor:
+            input_mode: str | None = None, workspace: Workspace | None = None) -> torch.Tensor:
         """Post-processed outputs (passes, batch, max cols) of integer inputs ``x``.
 
         ``x``: (passes, batch, max rows) integers, each pass's inputs in its ``rows`` order,
         zero beyond them (checked by the caller: :meth:`cimstack.backends.Backend.vmm_regions`).
         Columns beyond a pass's ``cols`` are zero. ``noise`` and ``integer_noise`` as in
-        :meth:`TileEmulator.vmm` (integer noise: datapath mode).
+        :meth:`TileEmulator.vmm` (integer noise: datapath mode). ``workspace``: where the
+        scratch tensors live (default: fresh ones).
         """
+        ws = Workspace() if workspace is None else workspace
         e0 = self.emus[0]
         cfg, n, dt = e0.cfg, len(self.emus), self.dtype
         batch, r_max = x.shape[1], x.shape[2]
         md = cfg.datapath.mode(input_mode)
         pulses = md.pulses
         live = e0.dac.live_pulses(x, input_mode)
-        d = e0.dac.pulse_digits(x, input_mode, dtype=dt, dim=1, first=live)   # (n, live, B, R)
+        d = e0.dac.pulse_digits(x, input_mode, dtype=dt, dim=1, first=live,
+                                out=ws.take("digits", (n, live, batch, r_max), dt, self.device))
         if self.mode == "physical":
             d = e0.devices.iv(d)
         d = d.reshape(n, live * batch, r_max)
-        s = self._pad(torch.bmm(d, self.w), pulses * batch)                   # (n, P*B, U)
+        rows, units = pulses * batch, self.w.shape[2]
+        # the noise of every conversion first, then the column sums added onto it
+        s = ws.take("sums", (n, rows, units), dt, self.device)                  # (n, P*B, U)
         gen = e0.gens["read"]
         sigma_out = cfg.device.output_noise_lsb if noise else 0.0
-        if self.mode == "datapath":
-            if sigma_out > 0:
-                z = torch.empty_like(s).normal_(0.0, sigma_out, generator=gen)
-                s += z.add_(0.5).floor_() if integer_noise else z
-        elif noise and self.var is not None:
-            d2 = d * d
-            sd = self._pad(torch.bmm(d2, self.var), pulses * batch).add_(sigma_out ** 2).sqrt_()
-            s.addcmul_(sd, torch.empty_like(s).normal_(generator=gen))
-            if self.ref_var is not None:                                      # one reference column per row
-                sd_r = self._pad(torch.bmm(d2, self.ref_var), pulses * batch).sqrt_()
-                s.sub_(sd_r.mul_(torch.empty_like(sd_r).normal_(generator=gen)))
+        if self.mode == "physical" and noise and self.var is not None:
+            d2 = d * d                               # read noise: variance from the rows each pulse drives
+            sd = self._products(d2, self.var, ws.take("sd", (n, rows, units), dt, self.device), add=False)
+            s.normal_(generator=gen).mul_(sd.add_(sigma_out ** 2).sqrt_())
+            if self.ref_var is not None:             # one reference column per row, shared by the units
+                sd_r = self._products(d2, self.ref_var, ws.take("sd_ref", (n, rows, 1), dt, self.device), add=False)
+                s.sub_(sd_r.sqrt_().mul_(torch.empty_like(sd_r).normal_(generator=gen)))
         elif sigma_out > 0:
-            s += torch.empty_like(s).normal_(0.0, sigma_out, generator=gen)
+            s.normal_(0.0, sigma_out, generator=gen)
+            if self.mode == "datapath" and integer_noise:
+                s.add_(0.5).floor_()                 # the RTL adds integer noise samples
+        else:
+            s.zero_()
+        self._products(d, self.w, s, add=True)
         # ADC per pass (each tile's gain and offset registers): floor(s*gain + 1/2) + offset, saturated
         gains = {e.adc.scale for e in self.emus}
         halves = {e.adc.offset + 0.5 for e in self.emus}

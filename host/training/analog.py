@@ -308,12 +308,14 @@ class PulsedAdcMatmul(torch.autograd.Function):
         live = md.pulses if iv is not None else dac.live_pulses(xi)     # an I-V offset drives idle rows
         digits = dac.pulse_digits(xi, dtype=u.dtype, first=live)                      # (live, B, R)
         drive = digits if iv is None else iv(digits)
+        # every conversion's noise, then the column sums of the pulses that drive anything added on
         s = torch.empty((md.pulses * batch, u.shape[1]), dtype=u.dtype, device=u.device)
-        torch.mm(drive.reshape(-1, rows), u.detach(), out=s[:live * batch])
-        s = s.reshape(md.pulses, batch, -1)                                              # (P, B, U)
-        s[live:] = 0.0                                                                   # pulses that drive nothing
         if sigma > 0:
-            s += torch.empty_like(s).normal_(0.0, sigma)
+            s.normal_(0.0, sigma)
+        else:
+            s.zero_()
+        s[:live * batch].addmm_(drive.reshape(-1, rows), u.detach())
+        s = s.reshape(md.pulses, batch, -1)                                              # (P, B, U)
         codes = s.mul_(adc.scale).add_(0.5).floor_()
         lo, hi = adc.code_min - adc.offset, adc.code_max - adc.offset
         low, high = torch.aminmax(codes)
