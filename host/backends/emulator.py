@@ -25,7 +25,7 @@ from cimstack.physics.regions import RegionStack, Workspace
 
 __all__ = ['EmulatorBackend']
 
-_CELLS_PER_CHUNK = 1 << 24     # pulse digits per batched VMM call (bounds its memory: ~64 MB of float32)
+_CELLS_PER_CHUNK = 1 << 21     # pulse digits per batched VMM call (bounds its scratch memory: 8 MB of float32 digits)
 
 
 class EmulatorBackend(Backend):
