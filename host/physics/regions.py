@@ -74,6 +74,7 @@ class RegionStack:
         self.mode, self.dtype = mode, dtype
         self.device = self.emus[0].device
         self._sources = [self._state_of(e) for e in self.emus]
+        self._post: tuple[list, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         parts = [e.region_weights(r, c, mode=mode, t=t, drift_compensation=drift_compensation) for e, r, c in regions]
         n = len(regions)
         r_max = max(int(w.shape[0]) for w, _, _ in parts)
@@ -97,6 +98,18 @@ class RegionStack:
                 self.var[i, :r, :u] = var
             if self.ref_var is not None and ref_var is not None:
                 self.ref_var[i, :r] = ref_var
+
+    def _post_registers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each pass's post-processing bias and scale at its columns (float64, (n, 1, cols))
+        and ReLU flag ((n, 1, 1)), kept while the tiles' registers are the same tensors."""
+        now = [(e.bias, e.scale, (e.bias._version, e.scale._version, e.relu)) for e in self.emus]
+        cached = self._post
+        if cached is None or any(a[0] is not b[0] or a[1] is not b[1] or a[2] != b[2] for a, b in zip(cached[0], now)):
+            bias = torch.stack([e.bias[c] for e, c in zip(self.emus, self.cols)]).to(torch.float64).unsqueeze(1)
+            scale = torch.stack([e.scale[c] for e, c in zip(self.emus, self.cols)]).to(torch.float64).unsqueeze(1)
+            relu = torch.tensor([e.relu for e in self.emus], device=self.device).reshape(-1, 1, 1)
+            cached = self._post = (now, (bias, scale, relu))
+        return cached[1]
 
     @staticmethod
     def _products(d: torch.Tensor, m: torch.Tensor, out: torch.Tensor, *, add: bool) -> torch.Tensor:
@@ -179,10 +192,8 @@ class RegionStack:
         acc = torch.matmul(pw, codes.reshape(n, pulses, -1))                  # (n, B*U)
         acc = acc.to(torch.float64).reshape(n, batch, -1, cfg.datapath.slices)
         y = acc @ torch.as_tensor(slice_weights(cfg), dtype=torch.float64, device=self.device)   # (n, B, C)
-        bias = torch.stack([e.bias[c] for e, c in zip(self.emus, self.cols)]).to(torch.float64).unsqueeze(1)
-        scale = torch.stack([e.scale[c] for e, c in zip(self.emus, self.cols)]).to(torch.float64).unsqueeze(1)
+        bias, scale, relu = self._post_registers()
         out = post_process(y, bias, scale, cfg.post.shift, False, cfg.post.out_bits)
-        relu = torch.tensor([e.relu for e in self.emus], device=self.device).reshape(n, 1, 1)
         out = torch.where(relu, torch.relu(out), out)
         for i, w in enumerate(self.widths):
             out[i, :, w:] = 0

@@ -165,3 +165,19 @@ def test_bad_regions_are_refused():
         be.vmm_regions([Region(0, [0], [0], [0])], np.full((2, 8), 1000))
     with pytest.raises(InputRangeError, match="integers"):
         be.vmm_regions([Region(0, [0], [0], [0])], np.zeros((2, 8)))
+
+
+def test_stack_reads_the_registers_of_the_moment():
+    """Post-processing and ADC registers changed after the stack was built take effect."""
+    cfg = CONFIGS["default"]()
+    rng = np.random.default_rng(12)
+    e = emulators(cfg, rng)[0]
+    rows, cols = random_region(cfg, rng)
+    stack = RegionStack([(e, rows, cols)], dtype=torch.float64)
+    x = random_inputs(cfg, rng, 20)[:, :len(rows)]
+    stack.vmm(padded([x], len(rows)), noise=False)
+    e.set_post(bias=rng.integers(-50, 50, cfg.array.cols), scale=rng.integers(1, 8, cfg.array.cols))
+    e.adc.set_registers(gain=cfg.adc.gain + 3, offset=2)
+    e.relu = not e.relu
+    got = stack.vmm(padded([x], len(rows)), noise=False)[0, :, :len(cols)]
+    assert torch.equal(got, reference(e, rows, cols, x, noise=False))
