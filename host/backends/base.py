@@ -184,6 +184,7 @@ class Backend(ABC):
         return out
 
     def _check_region_inputs(self, regions: list[Region], x) -> np.ndarray:
+        """``x`` as an integer array (any integer dtype), the regions checked against it."""
         x = np.asarray(x)
         if x.ndim != 2 or x.dtype.kind not in "iu":
             raise InputRangeError(f"layer inputs must be integers of shape (batch, features), got {x.dtype} {x.shape}")
@@ -198,7 +199,7 @@ class Backend(ABC):
                 raise InputRangeError(f"region on tile {r.tile}: columns outside 0..{a.cols - 1}")
             if r.inputs.size and (r.inputs.min() < 0 or r.inputs.max() >= x.shape[1]):
                 raise InputRangeError(f"region on tile {r.tile}: input features outside 0..{x.shape[1] - 1}")
-        return x.astype(np.int64, copy=False)
+        return x
 
     @abstractmethod
     def pulse(self, tile: int, row, unit, cell, polarity, amplitude=1) -> np.ndarray:

@@ -118,7 +118,8 @@ class Dac:
             for k in range(count):
                 out.select(dim, k).copy_(sign * (mag > k))
             return out
-        xs = x.to(torch.int16) if self.cfg.input.bits <= 16 else x.to(torch.int32)
+        bits = self.cfg.input.bits                 # the narrowest integers that hold the inputs: fewer bytes to shift
+        xs = x.to(torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
         step, mask = md.pulse_shift, (1 << md.pulse_shift) - 1
         for p in range(count):                     # a handful of pulses: not a per-element loop
             digit = xs >> (p * step)

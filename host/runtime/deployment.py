@@ -333,7 +333,7 @@ class Deployment:
 
     def _quantise_inputs(self, layer: MappedLayer, x2d: torch.Tensor) -> torch.Tensor:
         md = self.cfg.datapath.mode(layer.mode)
-        return torch.clamp(torch.round(x2d / layer.x_scale), md.in_min, md.in_max)
+        return torch.round(x2d / layer.x_scale).clamp_(md.in_min, md.in_max)
 
     def summary(self) -> str:
         lines = [f"deployment of {self.graph.name} on {self.cfg.name}: {len(self.layers)} analog layers, "

@@ -98,7 +98,7 @@ class Session:
         """The analog op ``node`` on the arrays, for inputs ``x2d`` (batch, in_features)."""
         dep, be, cfg = self.dep, self.backend, self.dep.cfg
         layer = dep.by_name[node.name]
-        xq = dep._quantise_inputs(layer, x2d).to(torch.int64).numpy()
+        xq = dep._quantise_inputs(layer, x2d).to(torch.int32).numpy()     # inputs are at most 16 bits
         conversions = float(pulse_weights(cfg, layer.mode).sum() * slice_weights(cfg).sum())
         post = dep.post_scale / (1 << cfg.post.shift)
         # every conversion's ADC offset and mean rounding error, through the shift-add and post scale
