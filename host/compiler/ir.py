@@ -161,11 +161,19 @@ class Graph:
         return "\n".join(lines)
 
     def evaluate(self, x: torch.Tensor, vmm: Vmm = float_vmm) -> torch.Tensor:
-        """Run the graph on a batch ``x``; analog ops call ``vmm(node, x2d) -> y2d``."""
+        """Run the graph on a batch ``x``; analog ops call ``vmm(node, x2d) -> y2d``.
+
+        Each intermediate result is dropped after the last node that reads it: a network's
+        activations on a calibration batch would otherwise all be held at once."""
+        last_use = {name: i for i, n in enumerate(self.nodes) for name in n.inputs}
         env = {self.input: x}
-        for n in self.nodes:
-            args = [env[i] for i in n.inputs]
+        for i, n in enumerate(self.nodes):
+            args = [env[name] for name in n.inputs]
             env[n.name] = _EXEC[n.op](n, args, vmm)
+            del args
+            for name in n.inputs:
+                if last_use[name] == i and name != self.output:
+                    env.pop(name, None)
         return env[self.output]
 
 

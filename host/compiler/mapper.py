@@ -174,18 +174,31 @@ def calibrate(graph: Graph, x, percentile: float = 100.0) -> tuple[dict[str, flo
     ranges: dict[str, float] = {}
     calls: dict[str, float] = {}
     batch = x.shape[0]
-    seen: dict[str, list] = {}
+    # the magnitudes of the node being evaluated (a recurrent node calls its VMM once per
+    # step, one step after the other); a node's range is taken as soon as the next one starts,
+    # so one layer's activations are held at a time
+    pending: list = [None, []]
+
+    def finish() -> None:
+        name, parts = pending
+        if name is not None:
+            v = parts[0] if len(parts) == 1 else torch.cat(parts)
+            ranges[name] = float(v.max()) if percentile >= 100 else float(np.percentile(v.numpy(), percentile))
+        pending[:] = [None, []]
 
     def record(node: Node, x2d):
-        # float32 magnitudes are plenty for a percentile, at half the memory of the batch's activations
-        seen.setdefault(node.name, []).append(x2d.detach().abs().reshape(-1).to(torch.float32))
+        if node.name != pending[0]:
+            finish()
+            if node.name in ranges:
+                raise CompileError(f"calibration saw {node.name} again after other layers: its range would "
+                                   f"leave out the earlier inputs")
+            pending[0] = node.name
+        # float32 magnitudes are plenty for a percentile, at half the memory of the activations
+        pending[1].append(x2d.detach().abs().reshape(-1).to(torch.float32))
         calls[node.name] = calls.get(node.name, 0) + x2d.shape[0] / batch
         return float_vmm(node, x2d)
 
     with torch.no_grad():
         graph.evaluate(torch.as_tensor(x, dtype=torch.float64), record)
-    for name, parts in seen.items():
-        v = parts[0] if len(parts) == 1 else torch.cat(parts)
-        del parts[:]
-        ranges[name] = float(v.max()) if percentile >= 100 else float(np.percentile(v.numpy(), percentile))
+    finish()
     return ranges, calls
