@@ -235,7 +235,9 @@ class EmulatorBackend(Backend):
             padded = torch.zeros((len(xt), xt.shape[1] + 1), dtype=torch.int32, device=dev)
             padded[:, :-1] = xt
             xg = padded.index_select(1, index).reshape(len(xt), n, r_max).transpose(0, 1).contiguous()
-        chunk = max(1, _CELLS_PER_CHUNK // (n * r_max * self.cfg.datapath.pulses))
+        if len(xt) == 0:
+            return torch.zeros((n, 0, int(stack.cols.shape[1])), dtype=torch.float64)
+        chunk = max(1, _CELLS_PER_CHUNK // (n * max(r_max, 1) * self.cfg.datapath.pulses))
         outs = [stack.vmm(xg[:, i:i + chunk], input_mode=mode, workspace=self._workspace)
                 for i in range(0, len(xt), chunk)]
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).cpu()

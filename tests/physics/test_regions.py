@@ -145,6 +145,9 @@ def test_backend_regions_equal_whole_array_vmm():
     fast = be.vmm_regions(regions, x)
     slow = super(EmulatorBackend, be).vmm_regions(regions, x)
     assert torch.equal(fast, slow)
+    empty = be.vmm_regions(regions, x[:0])                  # an empty batch: no rows, the same columns
+    assert empty.shape == (len(regions), 0, fast.shape[2])
+    assert torch.equal(empty, super(EmulatorBackend, be).vmm_regions(regions, x[:0]))
 
 
 def test_bad_regions_are_refused():
