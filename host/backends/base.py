@@ -184,10 +184,12 @@ class Backend(ABC):
         return out
 
     def _check_region_inputs(self, regions: list[Region], x) -> np.ndarray:
-        """``x`` as an integer array (any integer dtype), the regions checked against it."""
+        """``x`` as a signed integer array (any width), the regions checked against it."""
         x = np.asarray(x)
         if x.ndim != 2 or x.dtype.kind not in "iu":
             raise InputRangeError(f"layer inputs must be integers of shape (batch, features), got {x.dtype} {x.shape}")
+        if x.dtype.kind == "u":
+            x = x.astype(np.int64)
         if not regions:
             raise InputRangeError("vmm_regions needs at least one region")
         a = self.cfg.array

@@ -129,8 +129,8 @@ class Dac:
     def live_pulses(self, x: torch.Tensor, mode: str | None = None) -> int:
         """How many leading pulses of integer inputs ``x`` drive any word line: the digits of
         the others are all zero, so their column sums are exactly zero (the chip still
-        converts them: the ADC sees its noise alone). Non-negative inputs (after a ReLU) never
-        use the signed top digit, and small ones not the high digits either."""
+        converts them: the ADC sees its noise alone). Small non-negative inputs (after a ReLU)
+        leave the high digits, in bit-serial mode the signed top digit, at zero."""
         md = self.cfg.datapath.mode(mode)
         if x.numel() == 0:
             return md.pulses
@@ -139,7 +139,9 @@ class Dac:
             return min(md.pulses, max(abs(low), abs(high)))
         if low < 0:
             return md.pulses
-        return min(md.pulses - 1, -(-high.bit_length() // md.pulse_shift))
+        # the digits above the highest set bit are zero (the signed top digit too: its weight
+        # is the sign only when it is one bit wide)
+        return min(md.pulses, -(-high.bit_length() // md.pulse_shift))
 
     def digits(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Signed pulse digits, shape ``(pulses, *x.shape)``, in pulse order, for input

@@ -17,16 +17,18 @@ numbers are drawn, not in what they are: the read and output noise of one conver
 Gaussian draw with the summed variance (both are independent Gaussians added to the same
 sum), and the draws come from the first region's tile's read generator in one tensor.
 
-The weights are computed in float64 and cast to ``dtype`` (float32 by default): column sums
-of integer weights stay exact below 2**24, ADC codes are small integers, and the shift-add
-and post-processing run in float64, so ideal devices give the same integers as the float64
-reference.
+The weights are computed in float64 (from float32 cell states too) and cast to ``dtype``
+(float32 by default): column sums of integer weights stay exact below 2**24, ADC codes are
+small integers, the pulses' shift-add runs in float64 wherever it could pass 2**24, and the
+slices' shift-add and post-processing run in float64, so ideal devices give the same
+integers as the float64 reference.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from cimstack.chip.datapath import pulse_weights, slice_weights
@@ -187,9 +189,13 @@ class RegionStack:
             s.mul_(torch.tensor([e.adc.scale for e in self.emus], dtype=dt, device=self.device).reshape(n, 1, 1))
             s.add_(torch.tensor([e.adc.offset + 0.5 for e in self.emus], dtype=dt, device=self.device).reshape(n, 1, 1))
         codes = s.floor_().clamp_(e0.adc.code_min, e0.adc.code_max)
-        # shift-add: the pulses' codes weighted in one product, then the slices (exact: integers < 2**24)
-        pw = torch.as_tensor(pulse_weights(cfg, md.name), dtype=dt, device=self.device)
-        acc = torch.matmul(pw, codes.reshape(n, pulses, -1))                  # (n, B*U)
+        # shift-add: the pulses' codes weighted in one product (in float64 where the weighted
+        # sums could pass 2**24, beyond float32's integers), then the slices
+        weights = pulse_weights(cfg, md.name)
+        biggest = max(-e0.adc.code_min, e0.adc.code_max) * int(np.abs(weights).sum())
+        acc_dt = dt if biggest < 1 << 24 else torch.float64
+        pw = torch.as_tensor(weights, dtype=acc_dt, device=self.device)
+        acc = torch.matmul(pw, codes.reshape(n, pulses, -1).to(acc_dt))      # (n, B*U)
         acc = acc.to(torch.float64).reshape(n, batch, -1, cfg.datapath.slices)
         y = acc @ torch.as_tensor(slice_weights(cfg), dtype=torch.float64, device=self.device)   # (n, B, C)
         bias, scale, relu = self._post_registers()

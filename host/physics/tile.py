@@ -316,8 +316,8 @@ class TileEmulator:
         if mode == "datapath":
             return self.effective_weights()[rows][:, units].to(torch.float64), None, None
         t = self._time(t)
-        g_prog, nu = self._physical_prog()
-        g_prog, nu = g_prog[rows].to(torch.float64), nu[rows].to(torch.float64)
+        g_prog, nu = self._physical_prog(dtype=torch.float64)     # exact from float32 states too
+        g_prog, nu = g_prog[rows], nu[rows]
         if dp.cells_per_unit == 2:
             plus, minus = units * 2, units * 2 + 1
         else:
@@ -338,21 +338,23 @@ class TileEmulator:
         g = torch.where(stuck == Stuck.AT_0, torch.full_like(g, d.g_min_us), g)
         return torch.where(stuck == Stuck.AT_MAX, torch.full_like(g, d.g_max_us), g)
 
-    def _physical_prog(self, conductances=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Programmed conductances and drift exponents in physical column order (rows, n_phys)."""
+    def _physical_prog(self, conductances=None, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Programmed conductances and drift exponents in physical column order (rows, n_phys),
+        computed in ``dtype`` (default: the tile's)."""
         rows = self.cfg.array.rows
         g_min = self.cfg.device.g_min_us
+        dt = self.dtype if dtype is None else dtype
         if conductances is None:
-            g = g_min + self.state / self.frac_scale * self.g_step
-            ref = None if self.ref_state is None else g_min + self.ref_state / self.frac_scale * self.g_step
+            g = g_min + self.state.to(dt) / self.frac_scale * self.g_step
+            ref = None if self.ref_state is None else g_min + self.ref_state.to(dt) / self.frac_scale * self.g_step
         else:
             g, ref = self._check_conductances(conductances)
         g = self._stuck_override(g, self.stuck).reshape(rows, -1)
-        nu = self.nu.reshape(rows, -1)
+        nu = self.nu.to(dt).reshape(rows, -1)
         if ref is not None:
             assert self.ref_nu is not None            # a reference column (offset scheme) has its drift exponents
             g = torch.cat([g, ref], dim=-1)
-            nu = torch.cat([nu, self.ref_nu], dim=-1)
+            nu = torch.cat([nu, self.ref_nu.to(dt)], dim=-1)
         return g, nu
 
     def _check_conductances(self, conductances):

@@ -315,17 +315,17 @@ class PulsedAdcMatmul(torch.autograd.Function):
         else:
             s.zero_()
         s[:live * batch].addmm_(drive.reshape(-1, rows), u.detach())
-        s = s.reshape(md.pulses, batch, -1)                                              # (P, B, U)
+        s = s.reshape(md.pulses, batch, u.shape[1])                                      # (P, B, U)
         codes = s.mul_(adc.scale).add_(0.5).floor_()
         lo, hi = adc.code_min - adc.offset, adc.code_max - adc.offset
-        low, high = torch.aminmax(codes)
+        low, high = torch.aminmax(codes) if codes.numel() else (lo, hi)
         saturated = None
         if low < lo or high > hi:
             saturated = (codes < lo) | (codes > hi)
             codes.clamp_(lo, hi)
         pw = torch.as_tensor(pulse_weights(cfg), dtype=u.dtype, device=u.device)
         sw = torch.as_tensor(slice_weights(cfg), dtype=u.dtype, device=u.device)
-        y = (pw @ codes.reshape(md.pulses, -1)).reshape(batch, -1, dp.slices) @ sw          # (B, cols)
+        y = (pw @ codes.reshape(md.pulses, -1)).reshape(batch, u.shape[1] // dp.slices, dp.slices) @ sw   # (B, cols)
         ctx.save_for_backward(xq.detach(), u.detach(), digits, saturated)
         ctx.iv, ctx.gain, ctx.pw, ctx.sw = iv, adc.scale, pw, sw
         return y
@@ -336,7 +336,7 @@ class PulsedAdcMatmul(torch.autograd.Function):
         pulses, batch = len(ctx.pw), digits.shape[1]
         pw = ctx.pw.reshape(-1, 1, 1)
         # d y / d (sum of pulse p at unit (c, s)) = pw[p] sw[s] gain while that conversion is in range
-        g = (gy.unsqueeze(-1) * (ctx.sw * ctx.gain)).reshape(batch, -1)                 # (B, U)
+        g = (gy.unsqueeze(-1) * (ctx.sw * ctx.gain)).reshape(batch, u.shape[1])         # (B, U)
         if ctx.iv is not None:                 # nonlinear drive: pulse by pulse, through iv's slope
             gp = pw * g if saturated is None else pw * g * ~saturated                  # (P, B, U)
             d = digits.detach().requires_grad_()

@@ -58,24 +58,41 @@ def small_non_negative(x):
     return np.abs(x) // 16
 
 
+def non_negative(x, cfg):
+    """Inputs as after a ReLU over the whole range (in amplitude mode the top digit is used)."""
+    return np.minimum(np.abs(x), cfg.datapath.mode().in_max)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("mode", ["physical", "datapath"])
-@pytest.mark.parametrize("inputs", ["signed", "small non-negative"])
+@pytest.mark.parametrize("inputs", ["signed", "non-negative", "small non-negative"])
 def test_equals_whole_array_without_noise(name, mode, inputs):
+    """Against float64 tiles; the stack's tiles float64 or float32 (the backend's default),
+    the stack itself float64 or float32."""
     cfg = CONFIGS[name]()
     rng = np.random.default_rng(7)
-    emus = emulators(cfg, rng)
-    regions = [(emus[0], *random_region(cfg, rng)), (emus[1], *random_region(cfg, rng)),
-               (emus[0], *random_region(cfg, rng))]
-    xs = [random_inputs(cfg, rng, 50)[:, :len(r)] for _, r, _ in regions]
-    if inputs != "signed":
+    goldens = [random_tile(cfg, rng, tile=t) for t in range(2)]
+    tiles = {}
+    for dtype in (torch.float64, torch.float32):
+        tiles[dtype] = [TileEmulator(cfg, seed=3, tile=t, dtype=dtype) for t in range(2)]
+        for e, g in zip(tiles[dtype], goldens):
+            e.load_golden(g)
+    picks = [(0, *random_region(cfg, rng)), (1, *random_region(cfg, rng)), (0, *random_region(cfg, rng))]
+    xs = [random_inputs(cfg, rng, 50)[:, :len(r)] for _, r, _ in picks]
+    if inputs == "non-negative":
+        xs = [non_negative(x, cfg) for x in xs]
+    elif inputs == "small non-negative":
         xs = [small_non_negative(x) for x in xs]
-    want = [reference(e, r, c, x, mode=mode, noise=False) for (e, r, c), x in zip(regions, xs)]
-    for dtype in (torch.float64, torch.float32) if mode == "physical" else (torch.float64,):
+    want = [reference(tiles[torch.float64][t], r, c, x, mode=mode, noise=False) for (t, r, c), x in zip(picks, xs)]
+    for tile_dtype, dtype in ((torch.float64, torch.float64), (torch.float64, torch.float32),
+                              (torch.float32, torch.float32), (torch.float32, torch.float64)):
+        if mode == "datapath" and dtype == torch.float32:
+            continue
+        regions = [(tiles[tile_dtype][t], r, c) for t, r, c in picks]
         stack = RegionStack(regions, mode=mode, dtype=dtype)
         got = stack.vmm(padded(xs, int(stack.w.shape[1])), noise=False)
         for i, (w, (_, _, c)) in enumerate(zip(want, regions)):
-            assert torch.equal(got[i, :, :len(c)], w), (name, mode, dtype, i)
+            assert torch.equal(got[i, :, :len(c)], w), (name, mode, tile_dtype, dtype, i)
 
 
 def test_drift_and_compensation_without_noise():
@@ -148,6 +165,27 @@ def test_backend_regions_equal_whole_array_vmm():
     empty = be.vmm_regions(regions, x[:0])                  # an empty batch: no rows, the same columns
     assert empty.shape == (len(regions), 0, fast.shape[2])
     assert torch.equal(empty, super(EmulatorBackend, be).vmm_regions(regions, x[:0]))
+    small = np.minimum(np.abs(x), 127).astype(np.uint16)    # unsigned integers are inputs too
+    assert torch.equal(be.vmm_regions(regions, small), super(EmulatorBackend, be).vmm_regions(regions, small))
+
+
+def test_physical_equals_datapath_for_ideal_devices_at_the_default_dtype():
+    """Ideal devices programmed to exact codes: the physical emulator (float32 tiles and
+    sums, the backend's default) gives the datapath's integers, conversion for conversion."""
+    cfg = preset("default").replace(device=dict(output_noise_lsb=0.0, read_noise_sigma=0.0))
+    rng = np.random.default_rng(13)
+    physical, datapath = EmulatorBackend(cfg), EmulatorBackend(cfg, mode="datapath")
+    assert physical.dtype == torch.float32
+    for t in range(2):
+        g = random_tile(cfg, rng, stuck_rate=0.0, tile=t)
+        g.program_weights(rng.integers(cfg.datapath.weight_min, cfg.datapath.weight_max + 1,
+                                       (cfg.array.rows, cfg.array.cols)))    # states at exact codes
+        for be in (physical, datapath):
+            be.tiles[t].load_golden(g)
+    x = random_inputs(cfg, rng, 40)
+    regions = [Region(t, r.numpy(), rng.integers(0, cfg.array.rows, len(r)), c.numpy())
+               for t in (0, 1, 0) for r, c in [random_region(cfg, rng)]]
+    assert torch.equal(physical.vmm_regions(regions, x), datapath.vmm_regions(regions, x))
 
 
 def test_bad_regions_are_refused():
