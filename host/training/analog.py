@@ -48,8 +48,9 @@ from cimstack.physics.converters import Adc, Dac, round_half_up
 from cimstack.physics.devices import DeviceModel, device_model, level_step_us
 from cimstack.physics.irdrop import fast_transfer
 
-__all__ = ["Nonidealities", "analog_matmul", "AnalogLayer", "AnalogLinear", "AnalogConv1d", "AnalogConv2d",
-           "convert", "analog_layers", "set_nonidealities", "clip_weights", "PROGRAMMING"]
+__all__ = ["Nonidealities", "analog_matmul", "CellUnits", "PulsedAdcMatmul", "AnalogLayer", "AnalogLinear",
+           "AnalogConv1d", "AnalogConv2d", "convert", "analog_layers", "set_nonidealities", "clip_weights",
+           "PROGRAMMING"]
 
 #: how cells reach their conductance: the write-verify residual (what ``Deployment.program``
 #: leaves), open-loop programming noise (``DeviceModel.program``), or exact targets
@@ -172,8 +173,12 @@ def _draw_time(t, device_cfg) -> float:
 
 
 def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Nonidealities,
-                 devices: DeviceModel) -> torch.Tensor:
-    """Per-unit analog weights (G+ - G-) in code units with the cell non-idealities drawn."""
+                 devices: DeviceModel, *, slope: bool = False):
+    """Per-unit analog weights (G+ - G-) in code units with the cell non-idealities drawn.
+
+    With ``slope``, also ``d u / d pos`` of the draw (without IR drop an elementwise factor:
+    the G+ cell's drift factor times the drift compensation, zero where the cell is stuck):
+    ``(u, slope)``, for :class:`CellUnits`."""
     d, dp = cfg.device, cfg.datapath
     step = level_step_us(cfg)
     k = ni.noise_scale
@@ -188,18 +193,22 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
     elif ni.programming == "open_loop" and k > 0:
         g_target = d.g_min_us + target * step
         cells = cells + k * devices.programming_sigma(g_target) / step * torch.randn_like(target)
+    free = None                                           # G+ cells not stuck
     if ni.stuck and (d.stuck_at_0_rate > 0 or d.stuck_at_gmax_rate > 0):
         flags = devices.sample_stuck(target.shape, torch.default_generator, device=target.device)
         cells = torch.where(flags == Stuck.AT_0, torch.zeros_like(cells), cells)
         cells = torch.where(flags == Stuck.AT_MAX, torch.full_like(cells, float(dp.code_max)), cells)
+        free = flags[0] == Stuck.NONE
     if cfg.mapping.scheme == "offset":
         cells = torch.stack([cells[0], cells[1].detach()])
     g_prog = d.g_min_us + cells * step                    # µS
     t = _draw_time(ni.drift_t, d)
     drifts = d.model == "pcm" or d.drift_nu > 0
+    factor = None                                         # drift factor of every cell
     if drifts and t > d.drift_t0_s:
         nu = devices.sample_nu(g_prog.detach().clamp(min=0), torch.default_generator)
-        g_t = g_prog * devices.drift_factor(nu, t)
+        factor = devices.drift_factor(nu, t)
+        g_t = g_prog * factor
     else:
         g_t = g_prog
     if ni.ir_drop and d.wire_resistance_ohm > 0:
@@ -216,7 +225,40 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
         sig = devices.read_noise_sigma(g_prog.detach(), g_t.detach(), t)
         noise = k * sig * torch.randn_like(sig)
         u_t = u_t + (noise[0] - noise[1]) / step
-    return u_t * alpha
+    if not slope:
+        return u_t * alpha
+    grad = torch.full_like(target[0], 1.0) * alpha
+    if factor is not None:
+        grad = grad * factor[0]
+    if free is not None:
+        grad = grad * free
+    return u_t * alpha, grad.detach()
+
+
+class CellUnits(torch.autograd.Function):
+    """Integer weights (..., in, out) to per-unit analog weights (in, out, slices) with the
+    cell non-idealities drawn (:func:`_cells`, :func:`_unit_values`) as one autograd node.
+
+    The forward runs without building a graph; the backward is the chain's straight-through
+    gradient in closed form: slice ``s`` of G+ passes ``1 / (slices * 2**(s*cell_bits))`` of
+    the weight's gradient (:func:`_cells`) times ``d u / d G+`` (the drift factor and
+    compensation, zero where stuck). Without IR drop only: with it, every cell of a block
+    moves every current, and :func:`analog_matmul` keeps the chain.
+    """
+
+    @staticmethod
+    def forward(ctx, w_int: torch.Tensor, cfg: ChipConfig, ni: Nonidealities, devices: DeviceModel) -> torch.Tensor:
+        pos, neg = _cells(w_int.detach(), cfg)
+        u, slope = _unit_values(pos, neg, cfg, ni, devices, slope=True)
+        dp, base = cfg.datapath, float(1 << cfg.cell.cell_bits)
+        c = torch.tensor([1.0 / (dp.slices * base ** s) for s in range(dp.slices)], dtype=u.dtype, device=u.device)
+        ctx.save_for_backward(slope * c)
+        return u
+
+    @staticmethod
+    def backward(ctx, gu: torch.Tensor):
+        slope, = ctx.saved_tensors
+        return (gu * slope).sum(-1), None, None, None
 
 
 def _ir_drop(g: torch.Tensor, cfg: ChipConfig) -> torch.Tensor:
@@ -266,8 +308,10 @@ def analog_matmul(x: torch.Tensor, m: torch.Tensor, x_range: torch.Tensor | floa
             w = w + ni.noise_scale * ni.weight_noise_range * span * torch.clamp(torch.randn_like(w_int), -3, 3)
         return (xq @ w) * s_x * s_w
     # 3.-5. cells, blocks, pulses, ADC
-    pos, neg = _cells(w_int, cfg)                        # (in, out, slices)
-    u = _unit_values(pos, neg, cfg, ni, devices)
+    if ni.ir_drop and cfg.device.wire_resistance_ohm > 0:
+        u = _unit_values(*_cells(w_int, cfg), cfg, ni, devices)               # (in, out, slices)
+    else:
+        u = CellUnits.apply(w_int, cfg, ni, devices)
     if ni.weight_noise_range > 0 and ni.noise_scale > 0:
         span = float(2 * dp.code_max)
         u = u + ni.noise_scale * ni.weight_noise_range * span * torch.clamp(torch.randn_like(u), -3, 3)
