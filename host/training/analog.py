@@ -173,12 +173,16 @@ def _draw_time(t, device_cfg) -> float:
 
 
 def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Nonidealities,
-                 devices: DeviceModel, *, slope: bool = False):
-    """Per-unit analog weights (G+ - G-) in code units with the cell non-idealities drawn.
+                 devices: DeviceModel) -> torch.Tensor:
+    """Per-unit analog weights (G+ - G-) in code units with the cell non-idealities drawn."""
+    return _draw_units(pos, neg, cfg, ni, devices)[0]
 
-    With ``slope``, also ``d u / d pos`` of the draw (without IR drop an elementwise factor:
-    the G+ cell's drift factor times the drift compensation, zero where the cell is stuck):
-    ``(u, slope)``, for :class:`CellUnits`."""
+
+def _draw_units(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Nonidealities,
+                devices: DeviceModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_unit_values` and ``d u / d pos`` of its draw, which without IR drop is an
+    elementwise factor (the G+ cell's drift factor times the drift compensation, zero where
+    the cell is stuck): what :class:`CellUnits` needs for its backward."""
     d, dp = cfg.device, cfg.datapath
     step = level_step_us(cfg)
     k = ni.noise_scale
@@ -225,8 +229,6 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
         sig = devices.read_noise_sigma(g_prog.detach(), g_t.detach(), t)
         noise = k * sig * torch.randn_like(sig)
         u_t = u_t + (noise[0] - noise[1]) / step
-    if not slope:
-        return u_t * alpha
     grad = torch.full_like(target[0], 1.0) * alpha
     if factor is not None:
         grad = grad * factor[0]
@@ -236,8 +238,8 @@ def _unit_values(pos: torch.Tensor, neg: torch.Tensor, cfg: ChipConfig, ni: Noni
 
 
 class CellUnits(torch.autograd.Function):
-    """Integer weights (..., in, out) to per-unit analog weights (in, out, slices) with the
-    cell non-idealities drawn (:func:`_cells`, :func:`_unit_values`) as one autograd node.
+    """Integer weights (in, out) to per-unit analog weights (in, out, slices) with the cell
+    non-idealities drawn (:func:`_cells`, :func:`_unit_values`) as one autograd node.
 
     The forward runs without building a graph; the backward is the chain's straight-through
     gradient in closed form: slice ``s`` of G+ passes ``1 / (slices * 2**(s*cell_bits))`` of
@@ -249,7 +251,7 @@ class CellUnits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w_int: torch.Tensor, cfg: ChipConfig, ni: Nonidealities, devices: DeviceModel) -> torch.Tensor:
         pos, neg = _cells(w_int.detach(), cfg)
-        u, slope = _unit_values(pos, neg, cfg, ni, devices, slope=True)
+        u, slope = _draw_units(pos, neg, cfg, ni, devices)
         dp, base = cfg.datapath, float(1 << cfg.cell.cell_bits)
         c = torch.tensor([1.0 / (dp.slices * base ** s) for s in range(dp.slices)], dtype=u.dtype, device=u.device)
         ctx.save_for_backward(slope * c)
