@@ -19,6 +19,7 @@ from cimstack.backends.base import (
 from cimstack.chip.config import ChipConfig
 from cimstack.chip.enums import Polarity, Stuck, WriteVerifyStatus
 from cimstack.errors import ConfigError, InputRangeError
+from cimstack.golden.writeverify import check_write_verify_cells
 from cimstack.physics import TileEmulator, input_range
 from cimstack.physics.devices import seed_for
 from cimstack.physics.regions import RegionStack, Workspace
@@ -114,16 +115,12 @@ class EmulatorBackend(Backend):
         p = params.resolved(self.cfg)
         max_pulses, amp_start, amp_step, amp_max = p.max_pulses, p.amp_start, p.amp_step, p.amp_max
         assert amp_max is not None                  # resolved() fills it in
-        amax = self.cfg.device.pulse_max_amplitude
-        if not (1 <= amp_start <= amax and 1 <= amp_max <= amax and amp_step >= 0):
-            raise InputRangeError(f"write-verify amplitudes start {amp_start}, step {amp_step}, max {amp_max}: "
-                                  f"pulse amplitudes must lie in 1..{amax}")
+        # the runs the chip refuses, refused here too, with the same messages
+        check_write_verify_cells(self.cfg, tile, jobs.row, jobs.unit, jobs.cell, jobs.target, jobs.tol,
+                                 max_pulses, amp_start, amp_step, amp_max)
         emu = self.tiles[tile]
         dev, dt, shape = emu.device, emu.dtype, emu.state.shape
         n = len(jobs)
-        for name, a, hi in (("row", jobs.row, shape[0]), ("unit", jobs.unit, shape[1]), ("cell", jobs.cell, shape[2])):
-            if n and (a.min() < 0 or a.max() >= hi):
-                raise InputRangeError(f"write-verify {name} indices must lie in 0..{hi - 1}")
         flat = torch.as_tensor((jobs.row * shape[1] + jobs.unit) * shape[2] + jobs.cell, device=dev)
         state = emu.state.reshape(-1)[flat]
         stuck = emu.stuck.reshape(-1)[flat]

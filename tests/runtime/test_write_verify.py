@@ -83,8 +83,12 @@ def test_emulator_write_verify_refuses_amplitudes_the_chip_cannot_pulse():
     for bad in (WriteVerifyParams(amp_start=0), WriteVerifyParams(amp_max=QUIET.device.pulse_max_amplitude + 1)):
         with pytest.raises(InputRangeError, match="amplitude"):
             be.write_verify(0, jobs, bad)
-    with pytest.raises(InputRangeError, match="unit"):
-        be.write_verify(0, CellJobs([0], [QUIET.datapath.units], [0], [8], [7]), WriteVerifyParams())
+    outside = CellJobs([0], [QUIET.datapath.units], [0], [8], [7])
+    with pytest.raises(InputRangeError, match="outside the tile") as emulator_error:
+        be.write_verify(0, outside, WriteVerifyParams())
+    with pytest.raises(InputRangeError) as golden_error:        # the golden model's check, word for word
+        GoldenBackend(QUIET).write_verify(0, outside, WriteVerifyParams())
+    assert str(emulator_error.value) == str(golden_error.value)
     status, pulses, error = be.write_verify(0, CellJobs([], [], [], [], []))
     assert status.shape == pulses.shape == error.shape == (0,)
 
